@@ -1,0 +1,165 @@
+"""Compile and link firmware for a board: arm-none-eabi-gcc for microcontrollers, the
+system gcc for the host pseudo-board.
+
+Part of the build stage (model -> quantize -> trace -> plan -> emit -> build -> run).
+build.py calls compile_and_link with the firmware sources (firmware_sources) plus the
+generated model; the tests call it with a test fixture in place of the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+from .boards import REPO_ROOT, Board, render_linker_script
+
+log = logging.getLogger(__name__)
+
+FIRMWARE_DIR = REPO_ROOT / "firmware"
+FIRMWARE_INCLUDE_DIR = FIRMWARE_DIR / "include"
+
+COMMON_CFLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-O2")
+ARM_CFLAGS = ("-ffunction-sections", "-fdata-sections")
+ARM_LDFLAGS = ("--specs=nano.specs", "--specs=nosys.specs", "-nostartfiles",
+               "-Wl,--gc-sections")
+# Sections that `size -A` lists but that occupy no target memory.
+NON_ALLOCATED_PREFIXES = (".debug", ".comment", ".ARM.attributes", ".stab", ".line")
+ARM_PACKAGES = "gcc-arm-none-eabi, binutils-arm-none-eabi and libnewlib-arm-none-eabi"
+
+
+class ToolchainError(RuntimeError):
+    """A missing tool, or a compiler or linker run that failed (its output included)."""
+
+
+def find_tool(name: str, package: str) -> str:
+    """Return the path of executable `name`; raise ToolchainError naming the Debian package."""
+    path = shutil.which(name)
+    if path is None:
+        raise ToolchainError(f"{name} not found on PATH; install the Debian package(s) "
+                             f"{package} (apt-get install {package.split(',')[0]})")
+    return path
+
+
+def _run(command: list[str], step: str) -> str:
+    log.debug("running %s", " ".join(command))
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ToolchainError(f"{step} failed with exit status {result.returncode}:\n"
+                             f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def board_defines(board: Board) -> list[str]:
+    """-D flags that carry the board file's values into the board C code (see rr_board.h)."""
+    defines = [f"-DRR_CYCLES_HZ={board.cycle_counter_hz}u"]
+    if board.core_clock_hz is not None:
+        defines.append(f"-DRR_CORE_CLOCK_HZ={board.core_clock_hz}u")
+    if board.irq_count is not None:
+        defines.append(f"-DRR_IRQ_COUNT={board.irq_count}")
+    if board.uart is not None:
+        defines += [f"-DRR_UART_BASE=0x{board.uart.base:08X}u",
+                    f"-DRR_UART_BAUD={board.uart.baud}u"]
+    return defines
+
+
+def firmware_sources(board: Board) -> list[Path]:
+    """List the hand-written firmware sources for board; the model (rr_model.h) is not included."""
+    protocol = [FIRMWARE_DIR / "src" / name for name in ("protocol.c", "cobs.c", "crc32.c")]
+    if board.is_host:
+        return protocol + [FIRMWARE_DIR / "host" / "host_main.c"]
+    board_dir = FIRMWARE_DIR / "boards" / board.name
+    if not board_dir.is_dir():
+        raise ToolchainError(f"board {board.name} has no firmware directory {board_dir}")
+    return protocol + [FIRMWARE_DIR / "src" / "main.c"] + sorted(board_dir.glob("*.c"))
+
+
+def parse_size_output(text: str) -> dict[str, dict[str, int]]:
+    """Parse `arm-none-eabi-size -A -d` output into {section: {"size": n, "address": a}}.
+
+    Only sections that occupy target memory are kept (no debug sections, no .comment).
+    """
+    sections = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 3 or not fields[1].isdigit():
+            continue
+        if fields[0].startswith(".") and not fields[0].startswith(NON_ALLOCATED_PREFIXES):
+            sections[fields[0]] = {"size": int(fields[1]), "address": int(fields[2])}
+    return sections
+
+
+def region_usage(board: Board, sections: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Bytes used in each memory region; .data counts in its RAM region and in flash."""
+    usage = {region.name: 0 for region in board.memory}
+    for name, section in sections.items():
+        for region in board.memory:
+            if section["size"] and region.origin <= section["address"] < region.end:
+                usage[region.name] += section["size"]
+    if ".data" in sections and board.placement is not None:
+        usage[board.placement.code] += sections[".data"]["size"]
+    return usage
+
+
+def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path],
+                     out_dir: Path, name: str, defines: list[str] | None = None) -> dict:
+    """Build sources into out_dir/<name> for board and return what was made.
+
+    Arm boards: each source is compiled with the board's cflags, the link uses the linker
+    script rendered from the board file (written to out_dir/<name>.ld), and objcopy and
+    size produce <name>.bin and the section sizes. The host board builds one executable
+    with the system gcc. `defines` are extra -D flags, e.g. ["-DRR_MAX_SEQ_LEN=81"].
+
+    Returns {"elf": Path, "bin": Path | None, "map": Path | None,
+             "linker_script": Path | None, "sections": {name: {"size", "address"}},
+             "regions": {region name: bytes used}}; the host entries are None or empty.
+    Raises ToolchainError when a tool is missing or a step fails.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    includes = [f"-I{path}" for path in include_dirs]
+    extra = list(board_defines(board)) + list(defines or [])
+    if board.is_host:
+        return _build_host(board, sources, includes + extra, out_dir, name)
+
+    gcc = find_tool("arm-none-eabi-gcc", ARM_PACKAGES)
+    objcopy = find_tool("arm-none-eabi-objcopy", ARM_PACKAGES)
+    size = find_tool("arm-none-eabi-size", ARM_PACKAGES)
+    cflags = list(board.cflags) + list(COMMON_CFLAGS) + list(ARM_CFLAGS) + includes + extra
+
+    # Compile one object per source; the index keeps same-named files apart.
+    object_dir = out_dir / f"{name}.obj"
+    object_dir.mkdir(exist_ok=True)
+    objects = []
+    for index, source in enumerate(sources):
+        obj = object_dir / f"{index:02d}_{Path(source).stem}.o"
+        _run([gcc, *cflags, "-c", str(source), "-o", str(obj)], f"compiling {source}")
+        objects.append(obj)
+
+    # Link with the board's script, then make the raw image and the size report.
+    script = out_dir / f"{name}.ld"
+    script.write_text(render_linker_script(board))
+    elf = out_dir / f"{name}.elf"
+    map_file = out_dir / f"{name}.map"
+    _run([gcc, *board.cflags, *ARM_LDFLAGS, f"-T{script}", f"-Wl,-Map={map_file}",
+          *map(str, objects), "-o", str(elf)], f"linking {elf.name} for board {board.name}")
+    binary = out_dir / f"{name}.bin"
+    _run([objcopy, "-O", "binary", str(elf), str(binary)], f"objcopy of {elf.name}")
+    sections = parse_size_output(_run([size, "-A", "-d", str(elf)], f"size of {elf.name}"))
+    regions = region_usage(board, sections)
+    for region in board.memory:
+        log.info("board %s, region %s: %d of %d bytes used", board.name, region.name,
+                 regions[region.name], region.length)
+    return {"elf": elf, "bin": binary, "map": map_file, "linker_script": script,
+            "sections": sections, "regions": regions}
+
+
+def _build_host(board: Board, sources: list[Path], flags: list[str], out_dir: Path,
+                name: str) -> dict:
+    gcc = find_tool("gcc", "gcc")
+    executable = out_dir / name
+    _run([gcc, *board.cflags, *COMMON_CFLAGS, *flags, *map(str, sources), "-o",
+          str(executable)], f"building {name} for the host")
+    return {"elf": executable, "bin": None, "map": None, "linker_script": None,
+            "sections": {}, "regions": {}}
