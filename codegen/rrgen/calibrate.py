@@ -1,0 +1,118 @@
+"""Float execution of the traced IR, with activation statistics for calibration.
+
+Pipeline stage: trace -> calibrate -> quantize. run_block() executes an ir.BlockGraph in
+float32 torch on a batch, with the same math as model.Block; collect() runs the whole
+recursion (all supervision steps) on sample puzzles and records, for every value of every
+layer, the largest magnitude seen, plus a row sample of every linear layer's input for the
+weight-scale search in quantize.py.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .ir import BlockGraph
+from .model import TRM, rms_norm
+
+
+@dataclass
+class Stats:
+    """Largest |value| per key, and sampled input rows per linear layer."""
+    maxabs: dict = field(default_factory=lambda: defaultdict(float))
+    rows: dict = field(default_factory=lambda: defaultdict(list))
+    rows_per_call: int = 16
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def observe(self, key, tensor: torch.Tensor) -> None:
+        value = float(tensor.detach().abs().max())
+        if not np.isfinite(value):
+            raise ValueError(f"calibration produced NaN or Inf at {key}; the model or the "
+                             "calibration puzzles are invalid")
+        self.maxabs[key] = max(self.maxabs[key], value)
+
+    def sample_rows(self, key, tensor: torch.Tensor) -> None:
+        flat = tensor.detach().reshape(-1, tensor.shape[-1])
+        pick = self.rng.choice(flat.shape[0], size=min(self.rows_per_call, flat.shape[0]),
+                               replace=False)
+        self.rows[key].append(flat[torch.from_numpy(pick)].numpy().astype(np.float64))
+
+
+def run_block(graph: BlockGraph, weights: dict[str, torch.Tensor], h: torch.Tensor,
+              layer: int | None = None, stats: Stats | None = None) -> torch.Tensor:
+    """Execute `graph` on h [B, positions, hidden] in float32; returns the block output."""
+    env = {graph.input: h}
+    for node in graph.nodes:
+        args = [env[name] for name in node.inputs]
+        if node.op == "transpose":
+            out = args[0].transpose(1, 2)
+        elif node.op == "linear":
+            if stats is not None:
+                stats.sample_rows((layer, node.name), args[0])
+            out = args[0] @ weights[node.attrs["weight"]].T
+        elif node.op == "glu":
+            i = node.attrs["intermediate"]
+            gate, up = args[0][..., :i], args[0][..., i:]
+            silu = F.silu(gate)
+            if stats is not None:
+                stats.observe((layer, node.inputs[0], "gate"), gate)
+                stats.observe((layer, node.inputs[0], "up"), up)
+                stats.observe((layer, node.name, "silu"), silu)
+            out = silu * up
+        elif node.op == "add_rmsnorm":
+            out = rms_norm(args[0] + args[1], node.attrs["eps"])
+        else:
+            raise ValueError(f"unknown op {node.op!r} in node {node.name!r}")
+        if stats is not None:
+            stats.observe((layer, node.name), out)
+        env[node.output] = out
+    return env[graph.output]
+
+
+def layer_weights(model: TRM, layer: int) -> dict[str, torch.Tensor]:
+    """State dict of block `layer`, keyed as in the traced graph (mlp_t.gate_up_proj.weight ...)."""
+    return {k: v.detach() for k, v in model.L_level.layers[layer].state_dict().items()}
+
+
+@torch.no_grad()
+def run_net(graph: BlockGraph, weights: list[dict], hidden: torch.Tensor,
+            injection: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:
+    """net(hidden + injection) through every layer."""
+    h = hidden + injection
+    if stats is not None:
+        stats.observe("net_in", h)
+    for layer, w in enumerate(weights):
+        h = run_block(graph, w, h, layer, stats)
+    return h
+
+
+@torch.no_grad()
+def collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | None = None,
+            batch: int = 64) -> Stats:
+    """Statistics over every net call of `steps` supervision steps (default halt_max_steps)."""
+    cfg = model.config
+    stats = Stats()
+    weights = [layer_weights(model, i) for i in range(cfg.L_layers)]
+    stats.observe("x_table", model.embed_tokens.weight * cfg.embed_scale)
+    stats.observe("x_table", model.puzzle_emb * cfg.embed_scale)
+    stats.observe("carry", model.H_init)
+    stats.observe("carry", model.L_init)
+    for start in range(0, tokens.shape[0], batch):
+        tok = tokens[start:start + batch]
+        x = model.input_embeddings(tok, torch.zeros(tok.shape[0], dtype=torch.long))
+        y, z = model.initial_carry(tok.shape[0])
+        for _ in range(steps or cfg.halt_max_steps):
+            for _ in range(cfg.H_cycles):
+                for _ in range(cfg.L_cycles):
+                    z = run_net(graph, weights, z, y + x, stats)
+                    stats.observe("carry", z)
+                y = run_net(graph, weights, y, z, stats)
+                stats.observe("carry", y)
+            logits, q = model.heads(y)
+            stats.observe("logits", logits)
+            stats.observe("q", q)
+    return stats

@@ -1,0 +1,229 @@
+"""Emit C sources for a quantized model from the Jinja2 templates in templates/.
+
+Pipeline stage: plan -> emit -> build. Rendering is table driven: EMITTERS maps each IR
+op to the kernel call it becomes, so a new op is one entry. Output is deterministic: the
+same QModel and provenance give byte-identical files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from . import __version__
+from .plan import ArenaLayout
+from .quantize import QAdd, QAddNorm, QGlu, QLinear, QModel, pack_int4
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_DIR = REPO_ROOT / "templates"
+FIRMWARE_DIR = REPO_ROOT / "firmware"
+
+TEMPLATES = {
+    "rr_model_config.h": "model_config.h.j2",
+    "weights.c": "weights.c.j2",
+    "model.c": "model.c.j2",
+    "kernels.c": "kernels.c.j2",
+}
+
+
+def environment() -> jinja2.Environment:
+    if not TEMPLATE_DIR.is_dir():
+        raise FileNotFoundError(f"template folder {TEMPLATE_DIR} not found; run rrgen from a "
+                                "checkout of the repository (pip install -e .)")
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True,
+                              autoescape=False)
+
+
+def c_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def format_ints(values, per_line: int = 24, indent: str = "    ") -> str:
+    """C initializer body: a flat list, or one braced row per line for a 2-D array."""
+    values = np.asarray(values)
+    if values.ndim == 2:
+        rows = [format_ints(row, per_line, indent + "    ") for row in values]
+        return ",\n".join(f"{indent}{{\n{row}\n{indent}}}" for row in rows)
+    flat = [str(int(v)) for v in values.reshape(-1)]
+    lines = [", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line)]
+    return ",\n".join(indent + line for line in lines)
+
+
+@dataclass
+class CArray:
+    name: str
+    ctype: str
+    dims: str
+    body: str
+    size_bytes: int
+    comment: str
+
+
+class WeightTable:
+    """Collects the const arrays of weights.c."""
+
+    def __init__(self):
+        self.arrays: list[CArray] = []
+
+    def add(self, name: str, values: np.ndarray, ctype: str, comment: str,
+            dims: str | None = None) -> str:
+        values = np.asarray(values)
+        itemsize = {"int8_t": 1, "int32_t": 4}[ctype]
+        self.arrays.append(CArray(name, ctype, dims or f"[{values.size}]",
+                                  format_ints(values.reshape(-1)),
+                                  values.size * itemsize, comment))
+        return name
+
+    def linear(self, prefix: str, p: QLinear, comment: str) -> str:
+        """Arrays of a linear layer; returns its rr_linear_t initializer."""
+        if p.bits == 4:
+            packed = pack_int4(p.weight).view(np.int8)
+            w = self.add(f"{prefix}_weight", packed, "int8_t",
+                         f"{comment}: INT4 weights [{p.weight.shape[0]}, {packed.shape[1]} bytes], "
+                         "element 2i in the low nibble")
+        else:
+            w = self.add(f"{prefix}_weight", p.weight, "int8_t",
+                         f"{comment}: INT8 weights [{p.weight.shape[0]}, {p.weight.shape[1]}]")
+        m = self.add(f"{prefix}_multiplier", p.multiplier, "int32_t", f"{comment}: multipliers")
+        s = self.add(f"{prefix}_shift", p.shift, "int32_t", f"{comment}: shifts")
+        b = "NULL"
+        if p.bias is not None:
+            b = self.add(f"{prefix}_bias", p.bias, "int32_t", f"{comment}: bias, accumulator units")
+        return (f"{{ .in_features = {p.weight.shape[1]}, .out_features = {p.weight.shape[0]}, "
+                f".weight = {w}, .bias = {b}, .multiplier = {m}, .shift = {s} }}")
+
+
+def add_initializer(p: QAdd) -> str:
+    weights = list(p.weights) + [0] * (3 - len(p.weights))
+    return (f"{{ .weights = {{ {', '.join(str(w) for w in weights)} }}, "
+            f".multiplier = {p.multiplier}, .shift = {p.shift} }}")
+
+
+# IR op -> C call. `v(name)` is the arena pointer of a block value.
+def _transpose(node, graph, v):
+    rows, cols = graph.values[node.inputs[0]].shape
+    return f"rr_transpose_s8({v(node.inputs[0])}, {rows}, {cols}, {v(node.output)})"
+
+
+def _linear(node, graph, v, bits):
+    rows = graph.values[node.inputs[0]].shape[0]
+    kernel = "rr_linear_s4" if bits == 4 else "rr_linear_s8"
+    return f"{kernel}(&p->{node.name}, {v(node.inputs[0])}, {rows}, {v(node.output)})"
+
+
+def _glu(node, graph, v):
+    rows = graph.values[node.inputs[0]].shape[0]
+    return (f"rr_glu_s8(&p->{node.name}, {v(node.inputs[0])}, {rows}, "
+            f"{node.attrs['intermediate']}, {v(node.output)})")
+
+
+def _add_rmsnorm(node, graph, v):
+    rows, n = graph.values[node.output].shape
+    a, b = node.inputs
+    return f"rr_add_rmsnorm_s8(&p->{node.name}, {v(a)}, {v(b)}, {rows}, {n}, {v(node.output)})"
+
+
+EMITTERS = {
+    "transpose": lambda node, graph, v, bits: _transpose(node, graph, v),
+    "linear": _linear,
+    "glu": lambda node, graph, v, bits: _glu(node, graph, v),
+    "add_rmsnorm": lambda node, graph, v, bits: _add_rmsnorm(node, graph, v),
+}
+
+FIELD_TYPES = {"linear": "rr_linear_t", "glu": "rr_glu_t", "add_rmsnorm": "rr_add_rmsnorm_t"}
+
+
+def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str]) -> dict[str, str]:
+    """Render every generated file; returns {file name: text}."""
+    cfg, graph = qm.config, qm.graph
+    banner_lines = [f"Generated by rrgen {__version__}. Do not edit; re-run the command below."]
+    banner_lines += provenance
+    banner = "/*\n" + "\n".join(f" * {line}" for line in banner_lines) + "\n */"
+
+    # Arena pointers inside the block region: the graph input and output are `io`.
+    def buffer_of(value: str) -> str:
+        return "io" if value in (graph.input, graph.output) else value
+
+    def v(value: str) -> str:
+        return f"block + RR_OFFSET_{c_name(buffer_of(value)).upper()}"
+
+    offsets = [(f"RR_BLOCK_BASE", layout.block_base)]
+    offsets += [(f"RR_OFFSET_{c_name(b.name).upper()}", layout.block.offsets[b.name])
+                for b in layout.block.buffers]
+    offsets += [(f"RR_OFFSET_{b.name.upper()}", layout.heads.offsets[b.name])
+                for b in layout.heads.buffers]
+
+    steps, fields = [], []
+    for node in graph.nodes:
+        ins = ", ".join(f"{n}{list(graph.values[n].shape)}" for n in node.inputs)
+        out = graph.values[node.output]
+        offset = layout.block.offsets[buffer_of(node.output)]
+        comment = (f"{node.op} {node.name} ({node.source}): {ins} -> {out.name}{list(out.shape)} "
+                   f"int8, block offset {offset}")
+        steps.append({"comment": comment, "call": EMITTERS[node.op](node, graph, v, qm.bits)})
+        if node.op in FIELD_TYPES:
+            fields.append({"type": FIELD_TYPES[node.op], "name": node.name,
+                           "comment": f"{node.source}"})
+
+    table = WeightTable()
+    layers = []
+    for index, params in enumerate(qm.blocks):
+        inits = []
+        for node in graph.nodes:
+            p = params.get(node.name)
+            prefix = f"k_l{index}_{c_name(node.name)}"
+            if isinstance(p, QLinear):
+                scale = qm.scales[f"layer{index}"]
+                comment = (f"layer {index} {node.attrs['weight']} (input scale "
+                           f"{float(scale[node.inputs[0]]):.9g})")
+                inits.append({"field": node.name, "value": table.linear(prefix, p, comment)})
+            elif isinstance(p, QGlu):
+                t = table.add(f"{prefix}_silu", p.table, "int8_t",
+                              f"layer {index} {node.name}: SiLU table, index gate + 128")
+                inits.append({"field": node.name, "value":
+                              f"{{ .table = {t}, .multiplier = {p.multiplier}, .shift = {p.shift} }}"})
+            elif isinstance(p, QAddNorm):
+                inits.append({"field": node.name, "value":
+                              f"{{ .weight_a = {p.weight_a}, .weight_b = {p.weight_b}, "
+                              f".eps_term = {p.eps_term}, .multiplier = {p.multiplier}, "
+                              f".total_shift = {p.total_shift} }}"})
+        layers.append(inits)
+
+    lm_head = table.linear("k_lm_head", qm.lm_head, "lm_head")
+    q_head = table.linear("k_q_head", qm.q_head, "q_head")
+    table.arrays.append(CArray("rr_embed", "int8_t", "[RR_VOCAB_SIZE][RR_HIDDEN]",
+                               format_ints(qm.embed), qm.embed.size,
+                               f"token embedding x sqrt(hidden), scale {qm.scales['x']:.9g}"))
+    table.arrays.append(CArray("rr_puzzle_emb", "int8_t", "[RR_NUM_PUZZLE_IDENTIFIERS][RR_HIDDEN]",
+                               format_ints(qm.puzzle), qm.puzzle.size,
+                               f"puzzle embedding x sqrt(hidden), scale {qm.scales['x']:.9g}"))
+    table.arrays.append(CArray("rr_h_init", "int8_t", "[RR_HIDDEN]", format_ints(qm.h_init),
+                               qm.h_init.size, f"H_init, carry scale {qm.scales['carry']:.9g}"))
+    table.arrays.append(CArray("rr_l_init", "int8_t", "[RR_HIDDEN]", format_ints(qm.l_init),
+                               qm.l_init.size, f"L_init, carry scale {qm.scales['carry']:.9g}"))
+
+    env = environment()
+    context = {
+        "banner": banner, "name": name, "cfg": cfg, "bits": qm.bits, "layout": layout,
+        "offsets": offsets, "block_fields": fields, "block_steps": steps,
+        "arrays": table.arrays, "layers": layers, "model_id": qm.model_id(),
+        "add_z": add_initializer(qm.add_z), "add_y": add_initializer(qm.add_y),
+        "lm_head": lm_head, "q_head": q_head,
+        "linear_kinds": ["s4"] if qm.bits == 4 else ["s8"],
+    }
+    return {out: env.get_template(tpl).render(**context) for out, tpl in TEMPLATES.items()}
+
+
+def write(files: dict[str, str], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in sorted(files.items()):
+        path = out_dir / name
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths

@@ -1,0 +1,318 @@
+"""Post-training quantization of a TRM into integer parameters (a QModel).
+
+Pipeline stage: model -> trace -> calibrate -> quantize -> plan -> emit.
+Convention: real = scale * q, zero point 0, everywhere.
+
+- Weights: symmetric per output channel, INT8 ([-127, 127]) or INT4 ([-7, 7]). Each
+  channel's scale is calibrated: clip ratios from 1.0 down to 0.5 of the channel's max
+  |w| are tried, and the one that minimizes the squared output error on sampled
+  calibration inputs (||X w - X w_q||^2) is kept.
+- Activations: INT8 with one scale per tensor, max |value| / 127 over every recursion
+  step of the calibration puzzles. Logits and the halt logit are INT16 (max / 32767), so
+  argmax rarely sees a saturated tie.
+- Residual adds keep each input in a common base (s_base = max input scale / 2^12) with
+  small integer weights, so add + RMSNorm is one integer op and the sum is never rounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import calibrate, sudoku
+from .calibrate import Stats
+from .config import TRMConfig
+from .fixedpoint import INT8_MAX, INT16_MAX, quantize_multiplier, silu_table
+from .ir import BlockGraph
+from .model import TRM
+from .trace import trace_block
+
+log = logging.getLogger("rrgen.quantize")
+
+ADD_BASE_BITS = 12       # integer weights of a residual or injection add are at most 2^12
+RMS_RECIPROCAL_BITS = 30  # fraction bits of the per-row RMSNorm multiplier
+CLIP_RATIOS = np.linspace(1.0, 0.5, 11)
+
+
+@dataclass
+class QLinear:
+    weight: np.ndarray        # [out_features, in_features] int8 holding values in [-qmax, qmax]
+    bits: int                 # 4 or 8
+    weight_scale: np.ndarray  # [out_features] float64
+    multiplier: np.ndarray    # [out_features] int32, requantize() multiplier
+    shift: np.ndarray         # [out_features] int32, requantize() shift
+    bias: np.ndarray | None   # [out_features] int32 in accumulator units, or None
+    out_min: int
+    out_max: int
+
+
+@dataclass
+class QGlu:
+    table: np.ndarray         # [256] int8, SiLU of the gate, indexed by gate + 128
+    multiplier: int
+    shift: int
+
+
+@dataclass
+class QAddNorm:
+    weight_a: int             # residual weight in the common base
+    weight_b: int             # sublayer weight in the common base
+    eps_term: int             # n * eps / s_base^2, rounded
+    multiplier: int           # sqrt(n) / s_out as multiplier * 2^(-total_shift + R)
+    total_shift: int          # right shift applied to r * row_multiplier
+
+
+@dataclass
+class QAdd:
+    weights: list[int]        # integer weight of each input in the common base
+    multiplier: int
+    shift: int
+
+
+@dataclass
+class QModel:
+    config: TRMConfig
+    bits: int
+    graph: BlockGraph
+    blocks: list[dict]                     # per layer: node name -> QLinear | QGlu | QAddNorm
+    scales: dict = field(default_factory=dict)
+    embed: np.ndarray = None               # [vocab, hidden] int8, x rows (scale x)
+    puzzle: np.ndarray = None              # [num_puzzle_identifiers, hidden] int8 (scale x)
+    h_init: np.ndarray = None              # [hidden] int8 (scale carry)
+    l_init: np.ndarray = None              # [hidden] int8 (scale carry)
+    add_z: QAdd = None                     # z + y + x -> net input
+    add_y: QAdd = None                     # y + z -> net input
+    lm_head: QLinear = None                # int16 logits
+    q_head: QLinear = None                 # int16 (halt, continue) logits, with bias
+    errors: dict = field(default_factory=dict)  # per-weight relative quantization error
+
+    def model_id(self) -> int:
+        """First 4 bytes (little-endian) of a SHA-256 over every integer parameter."""
+        h = hashlib.sha256()
+        h.update(self.config.to_json().encode())
+        h.update(bytes([self.bits]))
+        for arr in self.arrays():
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return int.from_bytes(h.digest()[:4], "little")
+
+    def arrays(self):
+        for a in (self.embed, self.puzzle, self.h_init, self.l_init):
+            yield a
+        for block in self.blocks:
+            for name in sorted(block):
+                p = block[name]
+                if isinstance(p, QLinear):
+                    yield from (p.weight, p.multiplier, p.shift)
+                elif isinstance(p, QGlu):
+                    yield p.table
+                    yield np.array([p.multiplier, p.shift])
+                else:
+                    yield np.array([p.weight_a, p.weight_b, p.eps_term, p.multiplier,
+                                    p.total_shift])
+        for head in (self.lm_head, self.q_head):
+            yield from (head.weight, head.multiplier, head.shift)
+        yield self.q_head.bias
+        for add in (self.add_z, self.add_y):
+            yield np.array(add.weights + [add.multiplier, add.shift])
+
+
+def act_scale(maxabs: float, qmax: int = INT8_MAX) -> float:
+    """Per-tensor scale from the largest magnitude; a zero tensor gets scale 1."""
+    return maxabs / qmax if maxabs > 0 else 1.0
+
+
+def choose_weight_scales(weight: np.ndarray, inputs: np.ndarray | None, qmax: int) -> np.ndarray:
+    """Per-channel scales: the clip ratio that minimizes ||X (w - w_q)||^2, channel by channel."""
+    w = weight.astype(np.float64)
+    maxabs = np.abs(w).max(axis=1)
+    if np.any(maxabs == 0):
+        dead = np.flatnonzero(maxabs == 0)[:5].tolist()
+        log.warning("weight channels %s are all zero; they get scale 1", dead)
+    maxabs = np.where(maxabs > 0, maxabs, qmax)
+    if inputs is None or len(inputs) == 0:
+        return maxabs / qmax
+    best_err = np.full(w.shape[0], np.inf)
+    best = maxabs / qmax
+    for ratio in CLIP_RATIOS:
+        scale = ratio * maxabs / qmax
+        wq = np.clip(np.round(w / scale[:, None]), -qmax, qmax) * scale[:, None]
+        err = ((inputs @ (w - wq).T) ** 2).sum(axis=0)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best = np.where(better, scale, best)
+    return best
+
+
+def quantize_linear(weight: np.ndarray, bits: int, in_scale: float, out_scales: np.ndarray,
+                    inputs: np.ndarray | None, bias: np.ndarray | None = None,
+                    out_range: tuple[int, int] = (-128, 127), name: str = "") -> QLinear:
+    qmax = 7 if bits == 4 else 127
+    if not np.all(np.isfinite(weight)):
+        raise ValueError(f"weight {name!r} contains NaN or Inf; the checkpoint is unusable")
+    w_scale = choose_weight_scales(weight, inputs, qmax)
+    wq = np.clip(np.round(weight / w_scale[:, None]), -qmax, qmax).astype(np.int8)
+    mult = np.zeros(len(w_scale), dtype=np.int64)
+    shift = np.zeros(len(w_scale), dtype=np.int64)
+    max_acc = 128 * qmax * weight.shape[1]
+    for c, real in enumerate(in_scale * w_scale / out_scales):
+        mult[c], shift[c] = quantize_multiplier(float(real))
+        if shift[c] > 0 and max_acc << int(shift[c]) >= 1 << 31:
+            raise ValueError(f"layer {name!r} channel {c}: output multiplier {real:.3g} is too "
+                             "large for int32 requantization; recalibrate on more puzzles")
+    qbias = None
+    if bias is not None:
+        qbias = np.round(bias / (in_scale * w_scale)).astype(np.int64)
+        if np.abs(qbias).max() >= 1 << 30:
+            raise ValueError(f"layer {name!r}: bias does not fit int32 accumulator units")
+    return QLinear(wq, bits, w_scale, mult.astype(np.int32), shift.astype(np.int32),
+                   None if qbias is None else qbias.astype(np.int32), *out_range)
+
+
+def make_add(in_scales: list[float], out_scale: float, name: str) -> QAdd:
+    base = max(in_scales) / (1 << ADD_BASE_BITS)
+    weights = [int(round(s / base)) for s in in_scales]
+    mult, shift = quantize_multiplier(base / out_scale)
+    max_sum = 128 * sum(weights)
+    if shift > 0 and max_sum << shift >= 1 << 31:
+        raise ValueError(f"add {name!r}: output scale too small for int32 requantization")
+    return QAdd(weights, mult, shift)
+
+
+def make_add_norm(scale_a: float, scale_b: float, out_scale: float, n: int,
+                  eps: float) -> QAddNorm:
+    base = max(scale_a, scale_b) / (1 << ADD_BASE_BITS)
+    k = math.sqrt(n) / out_scale
+    mult, exponent = quantize_multiplier(k)
+    total_shift = RMS_RECIPROCAL_BITS + 31 - exponent
+    if not 1 <= total_shift <= 62:
+        raise ValueError(f"RMSNorm output scale {out_scale:.3g} over {n} values is out of range")
+    return QAddNorm(int(round(scale_a / base)), int(round(scale_b / base)),
+                    int(round(n * eps / base ** 2)), mult, total_shift)
+
+
+def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
+                   calibration_tokens: np.ndarray | None = None) -> QModel:
+    """Trace, calibrate and quantize `model`; weights INT8 or INT4, activations INT8."""
+    if bits not in (4, 8):
+        raise ValueError(f"--bits {bits} is not supported; use 4 or 8")
+    cfg = model.config
+    graph = trace_block(model.L_level.layers[0], cfg)
+    if calibration_tokens is None:
+        puzzles, _ = sudoku.generate(calibration_puzzles, sudoku.CALIBRATION_SEED)
+        calibration_tokens = sudoku.to_tokens(puzzles)
+    log.info("calibrating on %d puzzles x %d supervision steps", len(calibration_tokens),
+             cfg.halt_max_steps)
+    stats = calibrate.collect(model, graph, torch.from_numpy(calibration_tokens))
+    return quantize_with_stats(model, graph, stats, bits)
+
+
+def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int) -> QModel:
+    cfg = model.config
+    m = stats.maxabs
+    s_x = act_scale(m["x_table"])
+    s_c = act_scale(m["carry"])
+    s_in = act_scale(m["net_in"])
+    qm = QModel(cfg, bits, graph, [], scales={"x": s_x, "carry": s_c, "net_in": s_in})
+    for node in graph.nodes:
+        graph.values[node.output].dtype = "int8"
+    graph.values[graph.input].dtype = "int8"
+
+    layer_in = s_in
+    for layer in range(cfg.L_layers):
+        weights = calibrate.layer_weights(model, layer)
+        scale = {graph.input: layer_in}
+        params = {}
+        for node in graph.nodes:
+            key = (layer, node.name)
+            if node.op == "transpose":
+                scale[node.output] = scale[node.inputs[0]]
+            elif node.op == "linear":
+                w = weights[node.attrs["weight"]].numpy().astype(np.float64)
+                feeds_glu = any(n.op == "glu" and n.inputs[0] == node.output for n in graph.nodes)
+                if feeds_glu:
+                    half = node.attrs["out_features"] // 2
+                    g, u = act_scale(m[(layer, node.name, "gate")]), act_scale(m[(layer, node.name, "up")])
+                    out_scales = np.array([g] * half + [u] * half)
+                    scale[node.output] = (g, u)
+                else:
+                    out_scales = np.full(node.attrs["out_features"], act_scale(m[key]))
+                    scale[node.output] = out_scales[0]
+                rows = stats.rows.get(key)
+                inputs = np.concatenate(rows) if rows else None
+                params[node.name] = quantize_linear(w, bits, scale[node.inputs[0]], out_scales,
+                                                    inputs, name=f"layer {layer} {node.name}")
+                qw = params[node.name]
+                err = np.linalg.norm(qw.weight * qw.weight_scale[:, None] - w) / np.linalg.norm(w)
+                qm.errors[f"L{layer}.{node.attrs['weight']}"] = float(err)
+            elif node.op == "glu":
+                s_gate, s_up = scale[node.inputs[0]]
+                s_silu = act_scale(m[(layer, node.name, "silu")])
+                s_out = act_scale(m[key])
+                mult, shift = quantize_multiplier(s_silu * s_up / s_out)
+                params[node.name] = QGlu(silu_table(s_gate, s_silu), mult, shift)
+                scale[node.output] = s_out
+            elif node.op == "add_rmsnorm":
+                s_out = act_scale(m[key])
+                if node.output == graph.output and layer == cfg.L_layers - 1:
+                    s_out = s_c   # the last layer writes the carry
+                n = graph.values[node.output].shape[-1]
+                params[node.name] = make_add_norm(scale[node.inputs[0]], scale[node.inputs[1]],
+                                                  s_out, n, node.attrs["eps"])
+                scale[node.output] = s_out
+        layer_in = scale[graph.output]
+        qm.blocks.append(params)
+        qm.scales[f"layer{layer}"] = {k: v for k, v in scale.items()}
+
+    # Input embedding rows, already multiplied by sqrt(hidden).
+    embed = model.embed_tokens.weight.detach().numpy() * cfg.embed_scale
+    puzzle = model.puzzle_emb.detach().numpy() * cfg.embed_scale
+    qm.embed = np.clip(np.round(embed / s_x), -127, 127).astype(np.int8)
+    qm.puzzle = np.clip(np.round(puzzle / s_x), -127, 127).astype(np.int8)
+    qm.h_init = np.clip(np.round(model.H_init.numpy() / s_c), -127, 127).astype(np.int8)
+    qm.l_init = np.clip(np.round(model.L_init.numpy() / s_c), -127, 127).astype(np.int8)
+    qm.add_z = make_add([s_c, s_c, s_x], s_in, "z + y + x")
+    qm.add_y = make_add([s_c, s_c], s_in, "y + z")
+
+    # Heads read the carry y.
+    s_logit = act_scale(m["logits"], INT16_MAX)
+    s_q = act_scale(m["q"], INT16_MAX)
+    lm_w = model.lm_head.weight.detach().numpy().astype(np.float64)
+    q_w = model.q_head.weight.detach().numpy().astype(np.float64)
+    q_b = model.q_head.bias.detach().numpy().astype(np.float64)
+    # Heads stay INT8 at every --bits: they are tiny and decide the answer directly.
+    qm.lm_head = quantize_linear(lm_w, 8, s_c, np.full(cfg.vocab_size, s_logit), None,
+                                 out_range=(-32768, 32767), name="lm_head")
+    qm.q_head = quantize_linear(q_w, 8, s_c, np.full(2, s_q), None, bias=q_b,
+                                out_range=(-32768, 32767), name="q_head")
+    qm.scales.update({"logits": s_logit, "q": s_q})
+    for name, err in qm.errors.items():
+        log.info("weight %-36s INT%d relative error %.4f", name, bits, err)
+    return qm
+
+
+def pack_int4(weight: np.ndarray) -> np.ndarray:
+    """Pack int4 values two per byte along each row: element 2i in the low nibble.
+
+    Example: a row [1, -2, 3] packs to bytes [0xE1, 0x03] (-2 is 0xE; the odd tail pads with 0).
+    """
+    rows, cols = weight.shape
+    padded = np.zeros((rows, cols + (cols & 1)), dtype=np.int16)
+    padded[:, :cols] = weight
+    low = padded[:, 0::2] & 0xF
+    high = padded[:, 1::2] & 0xF
+    return (low | (high << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray, cols: int) -> np.ndarray:
+    """Inverse of pack_int4: sign-extend each nibble."""
+    low = (packed & 0xF).astype(np.int16)
+    high = (packed >> 4).astype(np.int16)
+    both = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.int16)
+    both[:, 0::2], both[:, 1::2] = low, high
+    both = np.where(both >= 8, both - 16, both)
+    return both[:, :cols].astype(np.int8)
