@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 
 log = logging.getLogger("rrgen")
@@ -39,6 +41,102 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_build(args) -> int:
+    from .build import build
+
+    out = Path(args.out or f"build/{args.board}")
+    result = build(args.model, args.board, args.bits, out, args.calibration)
+    r = result.report
+    print(f"built {r['board']} INT{r['weight_bits']} model {r['model_id']} in {out}/")
+    for region in r["regions"]:
+        print(f"  {region['name']:10s} {region['used_bytes']:9d} of {region['length_bytes']:9d} bytes")
+    a = r["arena"]
+    print(f"  arena {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, "
+          f"without reuse {a['no_reuse_bytes']}), {r['macs']['total']} MACs per supervision step")
+    firmware = "firmware (host executable)" if args.board == "host" else "firmware.elf, firmware.bin"
+    print(f"  {firmware}, src/, report.md, report.json")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from . import sudoku
+    from .build import load_build, load_reference
+    from .run import open_device, run_puzzles
+
+    grids = sudoku.read_puzzle_file(args.puzzles)
+    if args.limit:
+        grids = grids[:args.limit]
+    build_dir = Path(args.build or f"build/{args.board}")
+    qm = None
+    if args.check:
+        if args.port and not args.build:
+            raise UserError("--check with --port needs --build DIR, the folder the board's "
+                            "firmware was built into")
+        qm = load_reference(load_build(build_dir))
+    with open_device(None if args.port else build_dir, args.port, icount=args.icount) as client:
+        summary = run_puzzles(client, grids, qm, max_steps=args.max_steps, halt=args.halt)
+    if summary.cells:
+        print(f"accuracy: {summary.exact}/{summary.puzzles} puzzles exact "
+              f"({100 * summary.exact / summary.puzzles:.1f}%), cells "
+              f"{100 * summary.cells_right / summary.cells:.2f}%")
+    print(f"steps used: mean {sum(summary.steps_used) / len(summary.steps_used):.2f}; "
+          f"cycles per puzzle: mean {sum(summary.cycles) / len(summary.cycles):.0f}")
+    if qm is not None:
+        if summary.mismatches:
+            print(f"bit-exact check FAILED: {len(summary.mismatches)} mismatches")
+            return 1
+        print(f"bit-exact check passed: {summary.steps_checked} steps of {summary.puzzles} "
+              "puzzles equal the integer reference (tokens, q_halt, carry y and z)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import tempfile
+
+    import torch
+
+    from . import checkpoint, sudoku
+    from .build import build
+    from .run import run_batch
+    from .train import evaluate
+
+    torch.set_num_threads(args.threads)
+    model = checkpoint.load(args.model)
+    puzzles, solutions = sudoku.generate(args.puzzles, args.seed, args.min_blanks, args.max_blanks)
+    labels = sudoku.to_tokens(solutions)
+    steps = model.config.halt_max_steps
+    print(f"{args.puzzles} held-out puzzles (seed {args.seed}, {args.min_blanks}..{args.max_blanks} "
+          f"blanks), {steps} supervision steps, no early halting")
+    cell, exact = evaluate(model, puzzles, solutions)
+    print(f"fp32      cell {100 * cell:.2f}%  puzzle-exact {100 * exact:.2f}%")
+    for bits in args.bits:
+        with tempfile.TemporaryDirectory() as tmp:
+            built = build(args.model, "host", bits, Path(tmp) / "host", args.calibration)
+            records = run_batch(built.out_dir / "batch", sudoku.to_tokens(puzzles))
+        final = np.stack([r["tokens"][-1] for r in records])
+        cell = (final == labels).mean()
+        exact = (final == labels).all(axis=1).mean()
+        print(f"INT{bits} w/INT8 a  cell {100 * cell:.2f}%  puzzle-exact {100 * exact:.2f}%  "
+              "(host build of the generated C)")
+    return 0
+
+
+def cmd_puzzles(args) -> int:
+    from . import sudoku
+
+    puzzles, solutions = sudoku.generate(args.count, args.seed, args.min_blanks, args.max_blanks)
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"# {args.count} Sudoku puzzles, seed {args.seed}, {args.min_blanks}..{args.max_blanks} "
+                "blanks; puzzle,solution per line\n")
+        for p, s in zip(puzzles, solutions):
+            f.write(f"{sudoku.format_grid(p)},{sudoku.format_grid(s)}\n")
+    tmp.replace(out)
+    print(f"wrote {args.count} puzzles to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rrgen", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rrgen {__version__}")
@@ -59,6 +157,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="supervision steps (default 8)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("build", help="quantize, emit C and build firmware for a board")
+    p.add_argument("--board", required=True, help="board name: stm32h7, mps2-an500 or host")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=8, help="weight bits (default 8)")
+    p.add_argument("--model", help="checkpoint (.safetensors); default: the shipped model")
+    p.add_argument("--out", help="output folder (default build/BOARD)")
+    p.add_argument("--calibration", type=int, default=64, help="calibration puzzles")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("run", help="solve puzzles on the host build, in QEMU or on a board")
+    p.add_argument("puzzles", help="puzzle file: 81 characters per line, '.' or '0' blank")
+    p.add_argument("--board", default="mps2-an500", help="board of the build (default mps2-an500)")
+    p.add_argument("--build", help="build folder (default build/BOARD)")
+    p.add_argument("--port", help="serial device of a real board, e.g. /dev/ttyACM0")
+    p.add_argument("--check", action="store_true",
+                   help="compare every step with the integer reference, byte for byte")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="supervision steps per puzzle (default: the model's halt_max_steps)")
+    p.add_argument("--halt", action="store_true", help="stop a puzzle once its halt logit is > 0")
+    p.add_argument("--limit", type=int, default=0, help="run only the first N puzzles")
+    p.add_argument("--icount", action="store_true",
+                   help="QEMU -icount shift=0: deterministic virtual time (1 ns per instruction)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="accuracy in fp32 and of the integer model on held-out puzzles")
+    p.add_argument("--model", help="checkpoint (.safetensors); default: the shipped model")
+    p.add_argument("--puzzles", type=int, default=1000, help="held-out puzzles")
+    p.add_argument("--seed", type=int, default=2, help="seed of the held-out puzzles (test split: 2)")
+    p.add_argument("--min-blanks", type=int, default=30)
+    p.add_argument("--max-blanks", type=int, default=45)
+    p.add_argument("--bits", type=int, nargs="*", choices=(4, 8), default=[8, 4],
+                   help="weight bits to evaluate on the host build")
+    p.add_argument("--calibration", type=int, default=64, help="calibration puzzles")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("puzzles", help="write generated puzzles (with solutions) to a file")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--seed", type=int, default=2, help="seed (2 is the test split)")
+    p.add_argument("--min-blanks", type=int, default=30)
+    p.add_argument("--max-blanks", type=int, default=45)
+    p.set_defaults(func=cmd_puzzles)
     return parser
 
 
@@ -67,12 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
+    from .client import DeviceError
+    from .qemu import QemuError
+    from .toolchain import ToolchainError
+
+    # Input validation in the library raises ValueError subclasses with a full message;
+    # missing tools, QEMU and device failures have their own types.
+    handled = (UserError, ValueError, ToolchainError, QemuError, DeviceError, TimeoutError)
     try:
         return args.func(args)
-    except UserError as err:
-        print(f"rrgen {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        # Input validation in the library raises ValueError subclasses with a full message.
-        print(f"rrgen {args.command}: error: {err}", file=sys.stderr)
+    except handled as err:
+        text = str(err).strip().splitlines()
+        print(f"rrgen {args.command}: error: {text[0] if text else type(err).__name__}",
+              file=sys.stderr)
+        if len(text) > 1:
+            print("\n".join(text[1:]), file=sys.stderr)
         return 2

@@ -316,3 +316,80 @@ def unpack_int4(packed: np.ndarray, cols: int) -> np.ndarray:
     both[:, 0::2], both[:, 1::2] = low, high
     both = np.where(both >= 8, both - 16, both)
     return both[:, :cols].astype(np.int8)
+
+
+def save_qmodel(qm: QModel, path) -> None:
+    """Write the integer model as .npz (arrays) plus JSON metadata; loads without pickle."""
+    import json
+
+    arrays, meta = {}, {"config": json.loads(qm.config.to_json()), "bits": qm.bits,
+                        "scales": {k: v for k, v in qm.scales.items() if isinstance(v, float)},
+                        "errors": qm.errors, "blocks": [], "adds": {}}
+
+    def put_linear(prefix, p: QLinear):
+        for field_name in ("weight", "weight_scale", "multiplier", "shift"):
+            arrays[f"{prefix}.{field_name}"] = getattr(p, field_name)
+        if p.bias is not None:
+            arrays[f"{prefix}.bias"] = p.bias
+        return {"kind": "linear", "bits": p.bits, "out_min": p.out_min, "out_max": p.out_max,
+                "bias": p.bias is not None}
+
+    for i, block in enumerate(qm.blocks):
+        entry = {}
+        for name, p in block.items():
+            prefix = f"block{i}.{name}"
+            if isinstance(p, QLinear):
+                entry[name] = put_linear(prefix, p)
+            elif isinstance(p, QGlu):
+                arrays[f"{prefix}.table"] = p.table
+                entry[name] = {"kind": "glu", "multiplier": p.multiplier, "shift": p.shift}
+            else:
+                entry[name] = {"kind": "add_rmsnorm", **vars(p)}
+        meta["blocks"].append(entry)
+    meta["lm_head"] = put_linear("lm_head", qm.lm_head)
+    meta["q_head"] = put_linear("q_head", qm.q_head)
+    for name in ("embed", "puzzle", "h_init", "l_init"):
+        arrays[name] = getattr(qm, name)
+    meta["adds"] = {"add_z": vars(qm.add_z), "add_y": vars(qm.add_y)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_qmodel(path) -> QModel:
+    """Read a file written by save_qmodel; the block graph is traced again from the config."""
+    import json
+
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    cfg = TRMConfig.from_dict(meta["config"])
+
+    def get_linear(prefix, m):
+        return QLinear(arrays[f"{prefix}.weight"], m["bits"], arrays[f"{prefix}.weight_scale"],
+                       arrays[f"{prefix}.multiplier"], arrays[f"{prefix}.shift"],
+                       arrays.get(f"{prefix}.bias") if m["bias"] else None,
+                       m["out_min"], m["out_max"])
+
+    graph = trace_block(TRM(cfg).L_level.layers[0], cfg)
+    for value in graph.values.values():
+        value.dtype = "int8"
+    qm = QModel(cfg, meta["bits"], graph, [], scales=meta["scales"], errors=meta["errors"])
+    for i, entry in enumerate(meta["blocks"]):
+        block = {}
+        for name, m in entry.items():
+            prefix = f"block{i}.{name}"
+            if m["kind"] == "linear":
+                block[name] = get_linear(prefix, m)
+            elif m["kind"] == "glu":
+                block[name] = QGlu(arrays[f"{prefix}.table"], m["multiplier"], m["shift"])
+            else:
+                block[name] = QAddNorm(**{k: v for k, v in m.items() if k != "kind"})
+        qm.blocks.append(block)
+    qm.lm_head = get_linear("lm_head", meta["lm_head"])
+    qm.q_head = get_linear("q_head", meta["q_head"])
+    for name in ("embed", "puzzle", "h_init", "l_init"):
+        setattr(qm, name, arrays[name])
+    qm.add_z = QAdd(**meta["adds"]["add_z"])
+    qm.add_y = QAdd(**meta["adds"]["add_y"])
+    return qm

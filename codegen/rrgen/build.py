@@ -1,0 +1,225 @@
+"""Build firmware for a board: quantize, plan, emit, compile, link and report.
+
+Pipeline stage: quantize -> plan -> emit -> build. Everything is written into a
+temporary folder beside the output folder and moved into place only when the build
+succeeded, so a failed build never leaves a half-written output folder.
+
+Output folder contents:
+  src/            the generated C (model.c, weights.c, kernels.c, rr_model_config.h)
+  firmware.elf    (Arm boards) with firmware.bin, firmware.map, firmware.ld
+  firmware        (host) the protocol over stdin/stdout; batch, the bulk runner
+  report.json     flash and RAM by section, arena, MACs, quantization errors
+  report.md       the same for people
+  qmodel.npz      the integer model, for run --check (numpy arrays, no pickle)
+  build.json      the board, the checkpoint and the model id
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__, boards, checkpoint, emit, plan, quantize, toolchain
+from .quantize import QModel
+
+log = logging.getLogger("rrgen.build")
+
+
+class BuildError(ValueError):
+    """A build that cannot succeed as asked; the message names the cause and the fix."""
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    report: dict
+    qmodel: QModel
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(emit.REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def macs_per_step(qm: QModel) -> dict:
+    """Multiply-accumulates per supervision step, per layer kind and in total."""
+    cfg, graph = qm.config, qm.graph
+    per_block = {}
+    for node in graph.nodes:
+        if node.op == "linear":
+            rows = graph.values[node.inputs[0]].shape[0]
+            per_block[node.name] = rows * node.attrs["in_features"] * node.attrs["out_features"]
+    calls = cfg.H_cycles * (cfg.L_cycles + 1) * cfg.L_layers
+    heads = cfg.seq_len * cfg.hidden_size * cfg.vocab_size + cfg.hidden_size * 2
+    return {"per_block": per_block, "block_calls_per_step": calls,
+            "heads": heads, "total": sum(per_block.values()) * calls + heads}
+
+
+def weight_bytes(qm: QModel) -> int:
+    total = 0
+    for block in qm.blocks:
+        for p in block.values():
+            if isinstance(p, quantize.QLinear):
+                rows, cols = p.weight.shape
+                total += rows * ((cols + 1) // 2 if p.bits == 4 else cols)
+    return total
+
+
+def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files) -> dict:
+    cfg = qm.config
+    regions = []
+    for region in board.memory:
+        used = linked["regions"].get(region.name, 0)
+        regions.append({"name": region.name, "role": region.role, "origin": region.origin,
+                        "length_bytes": region.length, "used_bytes": used})
+    return {
+        "rrgen_version": __version__,
+        "board": board.name,
+        "weight_bits": qm.bits,
+        "model_id": f"0x{qm.model_id():08x}",
+        "config": json.loads(cfg.to_json()),
+        "arena": {"bytes": layout.arena_bytes, "lower_bound_bytes": layout.lower_bound_bytes,
+                  "no_reuse_bytes": layout.no_reuse_bytes, "carry_bytes": 2 * layout.carry_bytes,
+                  "block_timeline": layout.block.timeline()},
+        "macs": macs_per_step(qm),
+        "weight_bytes": weight_bytes(qm),
+        "sections": linked["sections"],
+        "regions": regions,
+        "quantization_error": qm.errors,
+        "scales": {k: v for k, v in qm.scales.items() if isinstance(v, float)},
+        "generated_files": sorted(files),
+    }
+
+
+def report_markdown(report: dict, command: str) -> str:
+    lines = [f"# rrgen build report: {report['board']}, INT{report['weight_bits']} weights", "",
+             f"Command: `{command}`", "",
+             f"Model id {report['model_id']}, config `{json.dumps(report['config'])}`", "",
+             "## Memory", "", "| section | address | bytes |", "|---|---|---|"]
+    for name, sec in sorted(report["sections"].items(), key=lambda kv: kv[1]["address"]):
+        lines.append(f"| {name} | 0x{sec['address']:08x} | {sec['size']} |")
+    lines += ["", "| region | role | used bytes | size bytes |", "|---|---|---|---|"]
+    for r in report["regions"]:
+        lines.append(f"| {r['name']} | {r['role']} | {r['used_bytes']} | {r['length_bytes']} |")
+    a = report["arena"]
+    lines += ["", f"Arena: {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, "
+              f"without reuse {a['no_reuse_bytes']}); the carry y and z take {a['carry_bytes']}.",
+              "", "Block body plan:", "", "```", a["block_timeline"], "```", "",
+              f"Weights: {report['weight_bytes']} bytes in the blocks.", "",
+              "## MACs per supervision step", "", "| layer | MACs per block call |", "|---|---|"]
+    for name, macs in report["macs"]["per_block"].items():
+        lines.append(f"| {name} | {macs} |")
+    m = report["macs"]
+    lines += ["", f"{m['block_calls_per_step']} block calls per step, heads {m['heads']}: "
+              f"**{m['total']} MACs per supervision step**.", "",
+              "## Quantization error (relative Frobenius norm per weight)", "",
+              "| weight | error |", "|---|---|"]
+    for name, err in report["quantization_error"].items():
+        lines.append(f"| {name} | {err:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fit_error(board, link_error: str) -> BuildError:
+    reason = next((line for line in link_error.splitlines() if "rrgen:" in line or
+                   "overflowed" in line or "will not fit" in line), link_error.splitlines()[-1])
+    return BuildError(f"the model does not fit board {board.name!r}: {reason.strip()}; "
+                      "use --bits 4, a smaller model, or a board with more memory")
+
+
+def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: str | Path,
+          calibration_puzzles: int = 64, command: str | None = None) -> BuildResult:
+    board = boards.load_board(board_name)
+    model_path = Path(model_path) if model_path else checkpoint.DEFAULT_CHECKPOINT
+    model = checkpoint.load(model_path)
+    command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "rrgen", *sys.argv[1:]])
+    out_dir = Path(out_dir)
+
+    qm = quantize.quantize_model(model, bits=bits, calibration_puzzles=calibration_puzzles)
+    layout = plan.plan_arena(qm)
+    log.info("arena %d bytes (lower bound %d, without reuse %d)", layout.arena_bytes,
+             layout.lower_bound_bytes, layout.no_reuse_bytes)
+
+    name = f"{model_path.stem}-int{bits}"
+    provenance = [f"rrgen commit {git_commit()}", f"command: {command}",
+                  f"checkpoint {model_path.name} sha256 {sha256_file(model_path)}",
+                  f"weights INT{bits} per channel, {calibration_puzzles} calibration puzzles, "
+                  f"model id 0x{qm.model_id():08x}"]
+    files = emit.render(qm, layout, name[:32], provenance)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        src = staging / "src"
+        emit.write(files, src)
+        generated = [src / "model.c", src / "weights.c", src / "kernels.c"]
+        includes = [toolchain.FIRMWARE_INCLUDE_DIR, src]
+        defines = [f"-DRR_MAX_SEQ_LEN={qm.config.seq_len}"]
+        try:
+            linked = toolchain.compile_and_link(board, toolchain.firmware_sources(board) + generated,
+                                                includes, staging, "firmware", defines)
+            if board.is_host:
+                toolchain.compile_and_link(board, [toolchain.FIRMWARE_DIR / "host" / "batch_main.c"]
+                                           + generated, includes, staging, "batch", defines)
+        except toolchain.ToolchainError as err:
+            text = str(err)
+            if "linking" in text and ("rrgen:" in text or "overflow" in text or "will not fit" in text):
+                raise _fit_error(board, text) from None
+            raise
+
+        quantize.save_qmodel(qm, staging / "qmodel.npz")
+        report = make_report(qm, layout, board, linked, files)
+        (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        (staging / "report.md").write_text(report_markdown(report, command))
+        (staging / "build.json").write_text(json.dumps({
+            "model": str(model_path.resolve()), "bits": bits, "board": board.name,
+            "calibration_puzzles": calibration_puzzles, "model_id": qm.model_id(),
+            "firmware": "firmware" if board.is_host else "firmware.elf",
+            "qemu_machine": board.qemu_machine}, indent=2) + "\n")
+
+        # Move into place only now: replace an older build of the same folder.
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return BuildResult(out_dir, report, qm)
+
+
+def load_build(out_dir: str | Path) -> dict:
+    """Read build.json of a finished build; raise BuildError naming the fix when absent."""
+    path = Path(out_dir) / "build.json"
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BuildError(f"no build found in {str(out_dir)!r} (missing build.json); run "
+                         "`python -m rrgen build --board BOARD` first") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise BuildError(f"build record {str(path)!r} is unreadable ({err}); rebuild") from None
+    info["dir"] = Path(out_dir)
+    return info
+
+
+def load_reference(info: dict) -> QModel:
+    """The integer model of a build, checked against the model id it was built with."""
+    qm = quantize.load_qmodel(info["dir"] / "qmodel.npz")
+    if qm.model_id() != info["model_id"]:
+        raise BuildError(f"{info['dir']}/qmodel.npz has model id 0x{qm.model_id():08x}, the "
+                         f"build has 0x{info['model_id']:08x}; rebuild the folder")
+    return qm
