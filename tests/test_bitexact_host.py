@@ -74,3 +74,10 @@ def test_compare_reports_one_flipped_byte():
     assert mismatch.count == 1
     assert (mismatch.actual, mismatch.expected) == (int(actual[37]), int(expected[37]))
     assert compare("carry y", 3, 2, expected, expected.copy()) is None
+
+
+def test_shipped_model_host_build_matches_reference(tmp_path):
+    result = build(None, "host", 8, tmp_path / "shipped-host", calibration_puzzles=16)
+    puzzles, _ = sudoku.generate(20, seed=sudoku.TEST_SEED)
+    steps = check_all_steps(result, sudoku.to_tokens(puzzles), halt=False)
+    assert steps == 20 * result.qmodel.config.halt_max_steps

@@ -97,6 +97,10 @@ def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files
         "arena": {"bytes": layout.arena_bytes, "lower_bound_bytes": layout.lower_bound_bytes,
                   "no_reuse_bytes": layout.no_reuse_bytes, "carry_bytes": 2 * layout.carry_bytes,
                   "block_timeline": layout.block.timeline()},
+        "graph": qm.graph.describe(),
+        "layer_scales": {name: {value: (list(s) if isinstance(s, tuple) else s)
+                                for value, s in scales.items()}
+                         for name, scales in qm.scales.items() if isinstance(scales, dict)},
         "macs": macs_per_step(qm),
         "weight_bytes": weight_bytes(qm),
         "sections": linked["sections"],
@@ -122,6 +126,8 @@ def report_markdown(report: dict, command: str) -> str:
               f"without reuse {a['no_reuse_bytes']}); the carry y and z take {a['carry_bytes']}.",
               "", "Block body plan:", "", "```", a["block_timeline"], "```", "",
               f"Weights: {report['weight_bytes']} bytes in the blocks.", "",
+              "## Block graph (traced with torch.fx, run once per layer)", "", "```",
+              report["graph"], "```", "",
               "## MACs per supervision step", "", "| layer | MACs per block call |", "|---|---|"]
     for name, macs in report["macs"]["per_block"].items():
         lines.append(f"| {name} | {macs} |")

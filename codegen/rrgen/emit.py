@@ -215,6 +215,8 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str]) ->
         "add_z": add_initializer(qm.add_z), "add_y": add_initializer(qm.add_y),
         "lm_head": lm_head, "q_head": q_head,
         "linear_kinds": ["s4"] if qm.bits == 4 else ["s8"],
+        "max_features": max([n.attrs["out_features"] for n in graph.nodes if n.op == "linear"]
+                            + [cfg.vocab_size, 2]),
     }
     return {out: env.get_template(tpl).render(**context) for out, tpl in TEMPLATES.items()}
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# README command 1: set up a fresh machine, then run rrgen's main job on the shipped model:
+# build INT4 firmware for the STM32H743, build INT8 firmware for QEMU's Cortex-M7
+# (mps2-an500), and solve sample puzzles in QEMU over the emulated serial port while
+# every step is checked byte for byte against the integer reference.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+
+python3 -m rrgen build --board stm32h7 --bits 4
+python3 -m rrgen build --board mps2-an500 --bits 8
+python3 -m rrgen run --board mps2-an500 --check --halt examples/sudoku_test10.txt "$@"
