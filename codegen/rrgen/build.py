@@ -223,7 +223,7 @@ def load_build(out_dir: str | Path) -> dict:
 
 
 def load_reference(info: dict) -> QModel:
-    """The integer model of a build, checked against the model id it was built with."""
+    """Load the integer model of a build and check it against the build's model id."""
     qm = quantize.load_qmodel(info["dir"] / "qmodel.npz")
     if qm.model_id() != info["model_id"]:
         raise BuildError(f"{info['dir']}/qmodel.npz has model id 0x{qm.model_id():08x}, the "

@@ -9,7 +9,7 @@ Convention: real = scale * q, zero point 0, everywhere.
   calibration inputs (||X w - X w_q||^2) is kept.
 - Activations: INT8 with one scale per tensor, max |value| / 127 over every recursion
   step of the calibration puzzles. Logits and the halt logit are INT16 (max / 32767), so
-  argmax rarely sees a saturated tie.
+  saturation rarely creates a tie for argmax.
 - Residual adds keep each input in a common base (s_base = max input scale / 2^12) with
   small integer weights, so add + RMSNorm is one integer op and the sum is never rounded.
 """
@@ -284,7 +284,7 @@ def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int) 
     lm_w = model.lm_head.weight.detach().numpy().astype(np.float64)
     q_w = model.q_head.weight.detach().numpy().astype(np.float64)
     q_b = model.q_head.bias.detach().numpy().astype(np.float64)
-    # Heads stay INT8 at every --bits: they are tiny and decide the answer directly.
+    # Heads keep INT8 weights at every --bits: they are tiny and set the output tokens directly.
     qm.lm_head = quantize_linear(lm_w, 8, s_c, np.full(cfg.vocab_size, s_logit), None,
                                  out_range=(-32768, 32767), name="lm_head")
     qm.q_head = quantize_linear(q_w, 8, s_c, np.full(2, s_q), None, bias=q_b,

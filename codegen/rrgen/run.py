@@ -103,7 +103,7 @@ def run_puzzles(client: Client, grids: np.ndarray, qm=None, max_steps: int = 0,
     printer(f"device: model {device.name!r} id 0x{device.model_id:08x}, INT{device.weight_bits} "
             f"weights, arena {device.arena_bytes} bytes, {device.positions}x{device.hidden_size} carry")
     if qm is not None and device.model_id != qm.model_id():
-        raise BuildError(f"device runs model id 0x{device.model_id:08x}, the build folder holds "
+        raise BuildError(f"device runs model id 0x{device.model_id:08x}, the build folder contains "
                          f"0x{qm.model_id():08x}; flash the firmware of this build")
     for index, grid in enumerate(grids):
         tokens = sudoku.to_tokens(grid[None])[0]

@@ -3,8 +3,8 @@
  *
  * Pipeline stage: emit -> build. Targets: Cortex-M7 (stm32h7, mps2-an500) and the host.
  * Each function has one numpy twin of the same name without the rr_ prefix in
- * codegen/rrgen/fixedpoint.py, and both give the same bits on every input in the stated
- * ranges; tests/test_fixedpoint.py drives both with edge cases.
+ * codegen/rrgen/fixedpoint.py. Both give the same bits on every input in the stated
+ * ranges, and tests/test_fixedpoint.py drives both with edge cases.
  *
  * Convention: real = scale * q, zero point 0. Signed right shifts of negative values are
  * arithmetic, as GCC defines them.
@@ -35,10 +35,10 @@ static inline int64_t rr_divide_by_power_of_two(int64_t value, int32_t exponent)
 }
 
 /*
- * round(value * multiplier * 2^(shift - 31)), bit for bit as CMSIS-NN's default
- * arm_nn_requantize and TFLite Micro's MultiplyByQuantizedMultiplier:
- * a doubling high multiply that adds 2^30 before the shift by 31 (midpoints up), then a
- * division by 2^-shift with midpoints away from zero.
+ * Compute round(value * multiplier * 2^(shift - 31)) bit for bit as CMSIS-NN's default
+ * arm_nn_requantize and TFLite Micro's MultiplyByQuantizedMultiplier do. First a doubling
+ * high multiply adds 2^30 before the shift by 31, so midpoints round up. Then the
+ * division by 2^-shift rounds midpoints away from zero.
  *   value       int32; value * 2^max(shift, 0) must fit int32 (the generator checks it)
  *   multiplier  0..2^31-1 (normally 2^30..2^31-1)
  *   shift       -31..30
