@@ -112,7 +112,8 @@ def cmd_eval(args) -> int:
     for bits in args.bits:
         with tempfile.TemporaryDirectory() as tmp:
             built = build(args.model, "host", bits, Path(tmp) / "host", args.calibration)
-            records = run_batch(built.out_dir / "batch", sudoku.to_tokens(puzzles))
+            records = run_batch(built.out_dir / "batch", sudoku.to_tokens(puzzles),
+                                jobs=args.threads)
         final = np.stack([r["tokens"][-1] for r in records])
         cell = (final == labels).mean()
         exact = (final == labels).all(axis=1).mean()

@@ -157,12 +157,21 @@ def run_puzzles(client: Client, grids: np.ndarray, qm=None, max_steps: int = 0,
 
 
 def run_batch(batch: Path, tokens: np.ndarray, carry_bytes: int = 0, max_steps: int = 0,
-              halt: bool = False) -> list[dict]:
+              halt: bool = False, jobs: int = 1) -> list[dict]:
     """Run the host build's bulk runner (firmware/host/batch_main.c) on tokens [B, seq_len].
 
     With carry_bytes > 0 (positions * hidden) the carry y and z come back after every step.
-    Returns one dict per puzzle: status, steps_used and per-step tokens, q_halt, y, z.
+    jobs > 1 splits the puzzles over that many processes. Returns one dict per puzzle:
+    status, steps_used and per-step tokens, q_halt, y, z.
     """
+    if jobs > 1 and len(tokens) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunks = np.array_split(tokens, min(jobs, len(tokens)))
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            parts = pool.map(lambda chunk: run_batch(batch, chunk, carry_bytes, max_steps, halt),
+                             chunks)
+        return [record for part in parts for record in part]
     count, seq_len = tokens.shape
     trace = carry_bytes > 0
     payload = bytearray(struct.pack("<IBB", count, max_steps, int(halt) | (int(trace) << 1)))
