@@ -51,3 +51,28 @@ def tiny_host_build(tiny_checkpoint, tmp_path_factory):
     """Host build (INT8) of the tiny model: firmware (protocol on stdio) and batch."""
     out = tmp_path_factory.mktemp("build") / "host-int8"
     return build(tiny_checkpoint, "host", 8, out, calibration_puzzles=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The seeded tiny TRM of make_tiny_model(); tests that change it work on a copy."""
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_calibration_tokens():
+    """Token ids [8, 81] of 8 seeded puzzles, for quantizing the tiny model."""
+    from rrgen import sudoku
+
+    puzzles, _ = sudoku.generate(8, seed=21)
+    return sudoku.to_tokens(puzzles)
+
+
+@pytest.fixture(scope="session")
+def tiny_qmodels(tiny_model, tiny_calibration_tokens):
+    """The tiny model quantized in memory, by weight bits: {8: QModel, 4: QModel}."""
+    from rrgen import quantize
+
+    return {bits: quantize.quantize_model(tiny_model, bits,
+                                          calibration_tokens=tiny_calibration_tokens)
+            for bits in (8, 4)}
