@@ -168,18 +168,12 @@ def test_generated_sources_compile_and_match_reference(tiny_qmodels, tiny_calibr
         assert record["q_halt"] == expected.q_halt[0, i]
 
 
-@pytest.mark.xfail(strict=True, reason="emit.render writes provenance lines into the C "
-                   "banner comment without escaping, so a '*/' in a line (a quoted glob in "
-                   "the build command) ends the comment and the file no longer compiles")
 def test_provenance_with_comment_terminator_still_compiles(tiny_qmodels, tmp_path):
     provenance = PROVENANCE[:1] + ["command: python -m rrgen build --out 'runs/*/int8'"]
     result = compile_batch(render(tiny_qmodels[8], provenance=provenance), tmp_path)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="emit.render puts the model name (the checkpoint file "
-                   "stem) into a C string literal and a comment without escaping, so a '\"' "
-                   "in the file name breaks model.c")
 def test_model_name_with_quote_still_compiles(tiny_qmodels, tmp_path):
     result = compile_batch(render(tiny_qmodels[8], name='tiny "v2"'), tmp_path)
     assert result.returncode == 0, result.stderr

@@ -655,11 +655,6 @@ def invalid_linear_param(case: str) -> Call:
     return call
 
 
-@pytest.mark.xfail(strict=True, reason="rr_linear_s8/s4/s8_s16 and rr_glu_s8 check only the "
-                   "argument pointers and rows: a zero or negative in_features/out_features "
-                   "returns RR_OK and a NULL weight, multiplier or table pointer inside the "
-                   "params struct is dereferenced (segfault), although rr_kernels.h promises "
-                   "RR_ERR_ARGUMENT for every NULL pointer and non-positive size")
 @pytest.mark.parametrize("case", ["in_features=0", "out_features=0", "out_features=-1",
                                   "weight NULL", "multiplier NULL", "glu table NULL"])
 def test_kernels_reject_invalid_param_fields(harnesses, case):

@@ -143,9 +143,6 @@ def test_unsupported_op_raises_naming_node(tiny_model, make_block, node_name):
     assert f"'{node_name}'" in str(error.value), str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="trace.py checks an add's user with _primitive(), which "
-                   "raises for a user that is no primitive (here the graph output), so the "
-                   "error names node 'output' instead of the add")
 def test_add_not_feeding_rms_norm_names_add(tiny_model):
     with pytest.raises(UnsupportedOpError) as error:
         trace_block(BareAddBlock(tiny_model.config), tiny_model.config)

@@ -24,7 +24,7 @@ INT16_MIN, INT16_MAX = -32768, 32767
 def quantize_multiplier(real: float) -> tuple[int, int]:
     """Represent real > 0 as multiplier * 2^(shift - 31), multiplier in [2^30, 2^31).
 
-    Same representation as TFLite's QuantizeMultiplier. A real below 2^-31 gives (0, 0).
+    Same representation as TFLite's QuantizeMultiplier. A real below 2^-32 gives (0, 0).
     """
     if not math.isfinite(real) or real < 0:
         raise ValueError(f"multiplier {real!r} must be finite and >= 0")

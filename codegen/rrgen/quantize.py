@@ -201,6 +201,10 @@ def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
     if bits not in (4, 8):
         raise ValueError(f"--bits {bits} is not supported; use 4 or 8")
     cfg = model.config
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"weight {name!r} contains NaN or Inf; the checkpoint is unusable, "
+                             "use an earlier one or retrain")
     graph = trace_block(model.L_level.layers[0], cfg)
     if calibration_tokens is None:
         puzzles, _ = sudoku.generate(calibration_puzzles, sudoku.CALIBRATION_SEED)

@@ -133,7 +133,9 @@ def trace_block(block: nn.Module, config: TRMConfig) -> BlockGraph:
                               {"intermediate": width // 2}, source="SwiGLU silu(gate) * up"))
         elif prim == "add":
             users = list(node.users)
-            if len(users) != 1 or _primitive(users[0], modules) != "rms_norm":
+            feeds_norm = (len(users) == 1 and users[0].op == "call_function"
+                          and users[0].target is model_module.rms_norm)
+            if not feeds_norm:
                 raise UnsupportedOpError(f"node {node.name!r}: add is only supported as the "
                                          "residual feeding rms_norm")
             alias[node.name] = ("add", args[0].name, args[1].name)
