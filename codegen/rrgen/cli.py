@@ -114,11 +114,18 @@ def cmd_eval(args) -> int:
             built = build(args.model, "host", bits, Path(tmp) / "host", args.calibration)
             records = run_batch(built.out_dir / "batch", sudoku.to_tokens(puzzles),
                                 jobs=args.threads)
+            halted = run_batch(built.out_dir / "batch", sudoku.to_tokens(puzzles), halt=True,
+                               jobs=args.threads)
         final = np.stack([r["tokens"][-1] for r in records])
         cell = (final == labels).mean()
         exact = (final == labels).all(axis=1).mean()
         print(f"INT{bits} w/INT8 a  cell {100 * cell:.2f}%  puzzle-exact {100 * exact:.2f}%  "
               "(host build of the generated C)")
+        final = np.stack([r["tokens"][-1] for r in halted])
+        steps_used = np.mean([r["steps_used"] for r in halted])
+        print(f"  with halting at q_halt > 0: cell {100 * (final == labels).mean():.2f}%  "
+              f"puzzle-exact {100 * (final == labels).all(axis=1).mean():.2f}%  "
+              f"mean steps {steps_used:.2f}")
     return 0
 
 
