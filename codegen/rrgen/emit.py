@@ -165,8 +165,13 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str]) ->
         ins = ", ".join(f"{n}{list(graph.values[n].shape)}" for n in node.inputs)
         out = graph.values[node.output]
         offset = layout.block.offsets[buffer_of(node.output)]
+        per_layer = []
+        for index in range(len(qm.blocks)):
+            scale = qm.scales[f"layer{index}"][node.output]
+            text = "/".join(f"{v:.4g}" for v in scale) if isinstance(scale, tuple) else f"{scale:.4g}"
+            per_layer.append(f"L{index} {text}")
         comment = (f"{node.op} {node.name} ({node.source}): {ins} -> {out.name}{list(out.shape)} "
-                   f"int8, block offset {offset}")
+                   f"int8, block offset {offset}, output scale {', '.join(per_layer)}")
         steps.append({"comment": comment, "call": EMITTERS[node.op](node, graph, v, qm.bits)})
         if node.op in FIELD_TYPES:
             fields.append({"type": FIELD_TYPES[node.op], "name": node.name,
