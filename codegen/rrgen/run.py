@@ -25,6 +25,10 @@ from .qemu import run_qemu
 log = logging.getLogger("rrgen.run")
 
 
+class PortError(ValueError):
+    """A serial port that cannot be opened; the message names the port and the fix."""
+
+
 @dataclass
 class Mismatch:
     puzzle: int
@@ -71,7 +75,13 @@ def compare(name: str, puzzle: int, step: int, actual: np.ndarray,
 def open_device(build_dir: Path | None, port: str | None, icount: bool = False):
     """Yield a connected Client for a real port, the host build or QEMU."""
     if port is not None:
-        serial_port = open_serial(port)
+        import serial
+
+        try:
+            serial_port = open_serial(port)
+        except (serial.SerialException, OSError) as err:
+            raise PortError(f"cannot open serial port {port!r}: {err}; check the device path "
+                             "(for example /dev/ttyACM0) and that you may open it") from None
         try:
             client = Client(serial_port)
             yield client
