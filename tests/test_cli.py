@@ -147,3 +147,39 @@ def test_build_writes_report_and_sources(tmp_path, tiny_checkpoint):
                  "src/model.c", "src/weights.c", "src/kernels.c", "src/rr_model_config.h"):
         assert (out / name).exists(), name
     assert "MACs per supervision step" in result.stdout
+
+
+def test_build_keeps_a_folder_that_is_not_a_build(tmp_path, tiny_checkpoint):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = rrgen("build", "--board", "host", "--model", tiny_checkpoint, "--out", out)
+    assert_user_error(result, "not an rrgen build", "--out")
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_build_rejects_a_file_as_output(tmp_path, tiny_checkpoint):
+    out = tmp_path / "file"
+    out.write_text("x")
+    result = rrgen("build", "--board", "host", "--model", tiny_checkpoint, "--out", out)
+    assert_user_error(result, "is a file")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["puzzles", "--count", "0", "--out", "p.txt"], "--count 0"),
+    (["eval", "--puzzles", "0"], "--puzzles 0"),
+    (["run", "--board", "nucleo", "p.txt"], "nucleo"),
+    (["run", "--board", "host", "--limit", "-1", "p.txt"], "--limit -1"),
+    (["run", "--board", "host", "--max-steps", "300", "p.txt"], "--max-steps 300"),
+])
+def test_invalid_counts_and_names_are_rejected(tmp_path, args, fragment):
+    (tmp_path / "p.txt").write_text("." * 81 + "\n")
+    result = rrgen(*args, cwd=tmp_path)
+    assert_user_error(result, fragment)
+    assert not (tmp_path / "build").exists()
+
+
+def test_puzzles_into_a_folder_leaves_nothing(tmp_path):
+    result = rrgen("puzzles", "--out", tmp_path, "--count", "2")
+    assert_user_error(result, "is a folder")
+    assert list(tmp_path.iterdir()) == []

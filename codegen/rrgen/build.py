@@ -148,9 +148,33 @@ def _fit_error(board, link_error: str) -> BuildError:
                       "use --bits 4, a smaller model, or a board with more memory")
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Fail before any work when out_dir cannot receive a build, or holds something else.
+
+    An existing folder is replaced only when it is empty or an earlier rrgen build (it
+    contains build.json), so a mistyped --out never deletes a user's files.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BuildError(f"output path {str(out_dir)!r} is a file; pass a folder to --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "build.json").is_file():
+        raise BuildError(f"output folder {str(out_dir)!r} exists and is not an rrgen build; "
+                         "choose another --out or empty it")
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+        probe.rmdir()
+    except OSError as err:
+        raise BuildError(f"cannot write the output folder {str(out_dir)!r}: {err.strerror}; "
+                         "pass a writable --out") from None
+
+
 def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: str | Path,
           calibration_puzzles: int = 64, command: str | None = None) -> BuildResult:
     board = boards.load_board(board_name)
+    if calibration_puzzles < 1:
+        raise BuildError(f"--calibration {calibration_puzzles} is invalid; use 1 or more puzzles")
+    check_out_dir(Path(out_dir))
     model_path = Path(model_path) if model_path else checkpoint.DEFAULT_CHECKPOINT
     model = checkpoint.load(model_path)
     command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "rrgen", *sys.argv[1:]])
@@ -203,8 +227,10 @@ def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: st
             "qemu_machine": board.qemu_machine}, indent=2) + "\n")
 
         # Move into place only now: replace an older build of the same folder.
+        check_out_dir(out_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)
+        staging.chmod(0o755)
         staging.rename(out_dir)
     finally:
         if staging.exists():
@@ -212,14 +238,15 @@ def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: st
     return BuildResult(out_dir, report, qm)
 
 
-def load_build(out_dir: str | Path) -> dict:
+def load_build(out_dir: str | Path, board: str | None = None) -> dict:
     """Read build.json of a finished build; raise BuildError naming the fix when absent."""
     path = Path(out_dir) / "build.json"
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
         raise BuildError(f"no build found in {str(out_dir)!r} (missing build.json); run "
-                         "`python -m rrgen build --board BOARD` first") from None
+                         f"`python -m rrgen build --board {board or 'BOARD'} --out {out_dir}` "
+                         "first") from None
     except (OSError, json.JSONDecodeError) as err:
         raise BuildError(f"build record {str(path)!r} is unreadable ({err}); rebuild") from None
     info["dir"] = Path(out_dir)

@@ -53,6 +53,9 @@ def save(model: TRM, path: str | Path, training: dict | None = None) -> Path:
 
 def read_metadata(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder; pass a .safetensors "
+                              "file with --model")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} not found; pass an existing "
                               "file with --model or omit --model for the shipped default")
@@ -70,7 +73,8 @@ def load(path: str | Path | None = None) -> TRM:
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} has format {meta.get('format')!r}, "
-                              f"expected {FORMAT!r}; it was not written by rrgen")
+                              f"expected {FORMAT!r}; it was not written by rrgen, so train "
+                              "one with `python -m rrgen train`")
     if meta.get("version") != str(VERSION):
         raise CheckpointError(f"checkpoint {str(path)!r} has version {meta.get('version')!r}, "
                               f"this rrgen reads version {VERSION}; re-train or convert it")

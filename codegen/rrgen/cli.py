@@ -63,6 +63,15 @@ def cmd_run(args) -> int:
     from .build import load_build, load_reference
     from .run import open_device, run_puzzles
 
+    from .boards import load_board
+
+    if args.limit < 0:
+        raise UserError(f"--limit {args.limit} is invalid; use 0 (all puzzles) or more")
+    if not 0 <= args.max_steps <= 255:
+        raise UserError(f"--max-steps {args.max_steps} is invalid; use 0 (the model's "
+                        "halt_max_steps) to 255")
+    if not args.port:
+        load_board(args.board)   # an unknown board name is reported as such
     grids = sudoku.read_puzzle_file(args.puzzles)
     if args.limit:
         grids = grids[:args.limit]
@@ -72,8 +81,9 @@ def cmd_run(args) -> int:
         if args.port and not args.build:
             raise UserError("--check with --port needs --build DIR, the folder the board's "
                             "firmware was built into")
-        qm = load_reference(load_build(build_dir))
-    with open_device(None if args.port else build_dir, args.port, icount=args.icount) as client:
+        qm = load_reference(load_build(build_dir, args.board))
+    with open_device(None if args.port else build_dir, args.port, icount=args.icount,
+                     board=args.board) as client:
         summary = run_puzzles(client, grids, qm, max_steps=args.max_steps, halt=args.halt)
     if summary.cells:
         print(f"accuracy: {summary.exact}/{summary.puzzles} puzzles exact "
@@ -100,6 +110,8 @@ def cmd_eval(args) -> int:
     from .run import run_batch
     from .train import evaluate
 
+    if args.puzzles < 1:
+        raise UserError(f"--puzzles {args.puzzles} is invalid; use 1 or more")
     torch.set_num_threads(args.threads)
     model = checkpoint.load(args.model)
     puzzles, solutions = sudoku.generate(args.puzzles, args.seed, args.min_blanks, args.max_blanks)
@@ -132,15 +144,27 @@ def cmd_eval(args) -> int:
 def cmd_puzzles(args) -> int:
     from . import sudoku
 
-    puzzles, solutions = sudoku.generate(args.count, args.seed, args.min_blanks, args.max_blanks)
+    if args.count < 1:
+        raise UserError(f"--count {args.count} is invalid; use 1 or more")
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"# {args.count} Sudoku puzzles, seed {args.seed}, {args.min_blanks}..{args.max_blanks} "
-                "blanks; puzzle,solution per line\n")
-        for p, s in zip(puzzles, solutions):
-            f.write(f"{sudoku.format_grid(p)},{sudoku.format_grid(s)}\n")
-    tmp.replace(out)
+    if out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a folder; pass a file name")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {str(out.parent)!r} of --out does not exist; create it first")
+    puzzles, solutions = sudoku.generate(args.count, args.seed, args.min_blanks, args.max_blanks)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"# {args.count} Sudoku puzzles, seed {args.seed}, "
+                    f"{args.min_blanks}..{args.max_blanks} blanks; puzzle,solution per line\n")
+            for p, s in zip(puzzles, solutions):
+                f.write(f"{sudoku.format_grid(p)},{sudoku.format_grid(s)}\n")
+        tmp.replace(out)
+    except OSError as err:
+        raise UserError(f"cannot write {str(out)!r}: {err.strerror}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     print(f"wrote {args.count} puzzles to {out}")
     return 0
 
@@ -225,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     handled = (UserError, ValueError, ToolchainError, QemuError, DeviceError, TimeoutError)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"rrgen {args.command}: interrupted", file=sys.stderr)
+        return 130
     except handled as err:
         text = str(err).strip().splitlines()
         print(f"rrgen {args.command}: error: {text[0] if text else type(err).__name__}",

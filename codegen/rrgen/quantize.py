@@ -126,13 +126,15 @@ def act_scale(maxabs: float, qmax: int = INT8_MAX) -> float:
     return maxabs / qmax if maxabs > 0 else 1.0
 
 
-def choose_weight_scales(weight: np.ndarray, inputs: np.ndarray | None, qmax: int) -> np.ndarray:
+def choose_weight_scales(weight: np.ndarray, inputs: np.ndarray | None, qmax: int,
+                         name: str = "") -> np.ndarray:
     """Per-channel scales: the clip ratio that minimizes ||X (w - w_q)||^2, channel by channel."""
     w = weight.astype(np.float64)
     maxabs = np.abs(w).max(axis=1)
     if np.any(maxabs == 0):
+        # Expected for q_head's "continue" row, which TRM's default loss never trains.
         dead = np.flatnonzero(maxabs == 0)[:5].tolist()
-        log.warning("weight channels %s are all zero; they get scale 1", dead)
+        log.info("weight %s: channels %s are all zero; they get scale 1", name, dead)
     maxabs = np.where(maxabs > 0, maxabs, qmax)
     if inputs is None or len(inputs) == 0:
         return maxabs / qmax
@@ -154,7 +156,11 @@ def quantize_linear(weight: np.ndarray, bits: int, in_scale: float, out_scales: 
     qmax = 7 if bits == 4 else 127
     if not np.all(np.isfinite(weight)):
         raise ValueError(f"weight {name!r} contains NaN or Inf; the checkpoint is unusable")
-    w_scale = choose_weight_scales(weight, inputs, qmax)
+    w_scale = choose_weight_scales(weight, inputs, qmax, name)
+    # An all-zero channel outputs only its bias: a scale that makes its multiplier 1 keeps
+    # the bias exact in output units and the multiplier in range.
+    dead = np.abs(weight).max(axis=1) == 0
+    w_scale = np.where(dead, out_scales / in_scale, w_scale)
     wq = np.clip(np.round(weight / w_scale[:, None]), -qmax, qmax).astype(np.int8)
     mult = np.zeros(len(w_scale), dtype=np.int64)
     shift = np.zeros(len(w_scale), dtype=np.int64)

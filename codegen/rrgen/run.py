@@ -72,14 +72,16 @@ def compare(name: str, puzzle: int, step: int, actual: np.ndarray,
 
 
 @contextlib.contextmanager
-def open_device(build_dir: Path | None, port: str | None, icount: bool = False):
+def open_device(build_dir: Path | None, port: str | None, icount: bool = False,
+                board: str | None = None):
     """Yield a connected Client for a real port, the host build or QEMU."""
     if port is not None:
         import serial
 
         try:
-            serial_port = open_serial(port)
-        except (serial.SerialException, OSError) as err:
+            # pyserial URLs (socket://HOST:PORT, rfc2217://...) as well as device paths.
+            serial_port = serial.serial_for_url(port, timeout=1.0) if "://" in port else open_serial(port)
+        except (serial.SerialException, OSError, ValueError) as err:
             raise PortError(f"cannot open serial port {port!r}: {err}; check the device path "
                              "(for example /dev/ttyACM0) and that you may open it") from None
         try:
@@ -88,7 +90,7 @@ def open_device(build_dir: Path | None, port: str | None, icount: bool = False):
         finally:
             serial_port.close()
         return
-    info = load_build(build_dir)
+    info = load_build(build_dir, board)
     firmware = info["dir"] / info["firmware"]
     if info["board"] == "host":
         with ProcessPort([str(firmware)]) as process:
@@ -132,7 +134,11 @@ def run_puzzles(client: Client, grids: np.ndarray, qm=None, max_steps: int = 0,
             summary.exact += int(right == 81)
             verdict = "solved" if right == 81 else f"wrong ({81 - right} cells)"
         else:
-            verdict = "valid" if sudoku.is_valid_solution(digits) else "no unique solution"
+            keeps_givens = bool(np.all((grid == 0) | (digits == grid)))
+            if sudoku.is_valid_solution(digits) and keeps_givens:
+                verdict = "a valid solution (the puzzle has no unique solution)"
+            else:
+                verdict = "invalid (the puzzle has no unique solution to compare with)"
         printer(f"puzzle {index + 1}: {sudoku.format_grid(grid)}")
         printer(f"  answer   {sudoku.format_grid(digits)}  {verdict}, {result.steps_used} steps, "
                 f"{result.cycles} cycles")

@@ -230,7 +230,8 @@ def read_puzzle_file(path: str | Path) -> np.ndarray:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ValueError(f"cannot read puzzle file {str(path)!r}: {err.strerror}") from None
+        raise ValueError(f"cannot read puzzle file {str(path)!r}: {err.strerror}; check the "
+                         "path, or write one with `python -m rrgen puzzles --out FILE`") from None
     except UnicodeDecodeError:
         raise ValueError(f"puzzle file {str(path)!r} is not UTF-8 text; write one puzzle "
                          "of 81 characters per line") from None
