@@ -98,7 +98,7 @@ def is_valid_solution(grid) -> bool:
 
 
 def random_solution(rng: random.Random) -> np.ndarray:
-    """A uniformly shuffled search gives a random complete grid (not uniform over all grids)."""
+    """Return a random complete grid from a shuffled search (not uniform over all grids)."""
     cells = [0] * 81
     order = list(range(1, 10))
 
