@@ -50,7 +50,8 @@ def test_unknown_board_is_rejected(tmp_path, tiny_checkpoint):
 def test_unsupported_bits_are_rejected(tmp_path):
     result = rrgen("build", "--board", "host", "--bits", "3", "--out", tmp_path / "out")
     assert result.returncode == 2
-    assert "--bits" in result.stderr and "3" in result.stderr
+    assert "--bits" in result.stderr
+    assert "3" in result.stderr
 
 
 def test_missing_checkpoint_is_named(tmp_path):

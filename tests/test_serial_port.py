@@ -1,6 +1,6 @@
 """`rrgen run --port DEVICE` on a real tty: the path users take with a board on /dev/ttyACM0.
 
-A pseudo-terminal stands in for the USB serial device. The host build of the firmware
+A pseudo-terminal replaces the USB serial device. The host build of the firmware
 (the same protocol handler as on the board) sits on the pty's controller side; the CLI
 opens the device side through pyserial's serial.Serial, with --check comparing every step
 with the integer reference.

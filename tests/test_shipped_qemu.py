@@ -3,8 +3,8 @@
 The firmware is built from the shipped checkpoint with arm-none-eabi-gcc, runs in QEMU
 with its UART on a loopback socket, and is driven by the same pyserial client as a real
 board. Every step of a Sudoku puzzle must equal the integer reference byte for byte
-(tokens, halt logit, carry y and z), for INT8 and INT4 weights; malformed input gets
-error replies and the next valid request still succeeds. The stm32h7 INT4 build must
+(tokens, halt logit, carry y and z), for INT8 and INT4 weights. Malformed input gets
+error replies, and the next valid request still succeeds. The stm32h7 INT4 build must
 link inside its flash and its ELF sizes must agree with the build report.
 
 Run: python -m pytest tests/test_shipped_qemu.py   (about a minute)
@@ -84,7 +84,7 @@ def test_firmware_recovers_from_bad_frames(shipped_build, puzzles):
         assert caught.value.error.code == protocol.ERR_INVALID_TOKEN
         assert caught.value.error.detail == 40
 
-        # And the next valid request still gets the right answer.
+        # And the next valid request still returns the reference tokens.
         result, _ = client.solve(tokens, max_steps=1)
         assert bytes(result.tokens) == expected.astype(np.uint8).tobytes()
 

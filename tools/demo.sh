@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# README command 1: set up a fresh machine, then run rrgen's main job on the shipped model:
-# build INT4 firmware for the STM32H743, build INT8 firmware for QEMU's Cortex-M7
-# (mps2-an500), and solve sample puzzles in QEMU over the emulated serial port while
-# every step is checked byte for byte against the integer reference.
+# README command 1: set up a fresh machine, then run rrgen's main job on the shipped model.
+# It builds INT4 firmware for the STM32H743 and INT8 firmware for QEMU's Cortex-M7
+# (mps2-an500). Then it solves sample puzzles in QEMU over the emulated serial port and
+# checks every step byte for byte against the integer reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh

@@ -149,7 +149,7 @@ def _fit_error(board, link_error: str) -> BuildError:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Fail before any work when out_dir cannot receive a build, or holds something else.
+    """Fail before any work when out_dir cannot receive a build, or contains something else.
 
     An existing folder is replaced only when it is empty or an earlier rrgen build (it
     contains build.json), so a mistyped --out never deletes a user's files.

@@ -1,6 +1,6 @@
 """Checkpoints: weights plus config in safetensors, which cannot run code when loaded.
 
-The file's metadata holds `format` (the magic string "rrgen-trm"), `version` (an integer
+The file's metadata contains `format` (the magic string "rrgen-trm"), `version` (an integer
 that the loader checks), `config` (TRMConfig as JSON) and free-form `training` notes.
 """
 

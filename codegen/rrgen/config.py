@@ -33,7 +33,7 @@ class TRMConfig:
     L_layers: int = 2               # blocks in the one recursive network `net`
     H_cycles: int = 3               # T: outer cycles per supervision step
     L_cycles: int = 6               # n: z updates per outer cycle
-    puzzle_emb_len: int = 16        # prefix positions; only slot 0 holds the puzzle row
+    puzzle_emb_len: int = 16        # prefix positions; only slot 0 contains the puzzle row
     num_puzzle_identifiers: int = 1  # rows of the puzzle-embedding table
     halt_max_steps: int = 16        # supervision steps per puzzle
     rms_norm_eps: float = 1e-5

@@ -154,7 +154,7 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str]) ->
     def v(value: str) -> str:
         return f"block + RR_OFFSET_{c_name(buffer_of(value)).upper()}"
 
-    offsets = [(f"RR_BLOCK_BASE", layout.block_base)]
+    offsets = [("RR_BLOCK_BASE", layout.block_base)]
     offsets += [(f"RR_OFFSET_{c_name(b.name).upper()}", layout.block.offsets[b.name])
                 for b in layout.block.buffers]
     offsets += [(f"RR_OFFSET_{b.name.upper()}", layout.heads.offsets[b.name])

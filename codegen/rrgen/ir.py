@@ -62,7 +62,7 @@ class BlockGraph:
             raise ValueError(f"graph output {self.output!r} is never computed")
 
     def describe(self) -> str:
-        """One line per node: op, name, input and output shapes."""
+        """Format one line per node: op, name, input and output shapes."""
         lines = []
         for node in self.nodes:
             ins = ", ".join(f"{n}{list(self.values[n].shape)}" for n in node.inputs)

@@ -39,7 +39,7 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
-# torch.fx keeps rms_norm as one call node, so the tracer sees RMSNorm as a single op.
+# torch.fx keeps rms_norm as one call node, so the tracer records RMSNorm as a single op.
 torch.fx.wrap("rms_norm")
 
 
@@ -142,7 +142,7 @@ class TRM(nn.Module):
 
     def recursion(self, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
                   grad_cycles: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """One supervision step: T times { n times z = net(z + y + x); y = net(y + z) }.
+        """Run one supervision step: T times { n times z = net(z + y + x); y = net(y + z) }.
 
         Gradients flow only through the last `grad_cycles` outer cycles (1 in the public code).
         """

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import reference, sudoku
-from .build import BuildError, load_build, load_reference
+from .build import BuildError, load_build
 from .client import Client, ProcessPort, open_serial
 from .qemu import run_qemu
 
