@@ -25,14 +25,18 @@ class UserError(Exception):
 def cmd_train(args) -> int:
     import torch
 
-    from .config import SUDOKU_SMALL
+    from . import zoo
     from .train import TrainOptions, train
 
     torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in {"hidden_size": args.hidden, "H_cycles": args.h_cycles,
                                    "L_cycles": args.l_cycles,
                                    "halt_max_steps": args.max_steps}.items() if v is not None}
-    config = dataclasses.replace(SUDOKU_SMALL, **overrides)
+    try:
+        base = zoo.config(args.arch)
+    except ValueError as err:
+        raise UserError(f"--arch: {err}") from None
+    config = dataclasses.replace(base, **overrides)
     opts = TrainOptions(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                         pool=args.pool, eval_every=args.eval_every)
     print(f"training {config} for {opts.steps} steps, batch {opts.batch}", flush=True)
@@ -188,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l-cycles", type=int, help="n, z updates per cycle (default 3)")
     p.add_argument("--max-steps", type=int, help="supervision steps (default 8)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--arch", default="sudoku-mlp",
+                   help="zoo configuration: sudoku-mlp, sudoku-att, maze-att or hrm-sudoku")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("build", help="quantize, emit C and build firmware for a board")

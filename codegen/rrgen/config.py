@@ -1,4 +1,4 @@
-"""Model configuration of a Tiny Recursive Model (TRM), MLP token-mixing variant.
+"""Model configuration of a recursive reasoner: TRM (MLP or attention mixing) or HRM.
 
 First stage of the pipeline (model -> quantize -> trace -> plan -> emit -> build -> run).
 Field names follow the public TRM code where one exists there (hidden_size, expansion,
@@ -39,6 +39,12 @@ class TRMConfig:
     rms_norm_eps: float = 1e-5
     intermediate_multiple: int = 256  # SwiGLU widths are rounded up to this multiple
     mlp_t: bool = True              # token mixing by an MLP over positions (no attention)
+    num_heads: int = 8              # attention heads (mlp_t=False); head_dim = hidden / heads
+    pos_encodings: str = "none"     # "rope" or "none" (attention only)
+    rope_theta: float = 10000.0
+    arch: str = "trm"               # "trm": one network for both updates; "hrm": H and L stacks
+    H_layers: int = 0               # blocks of HRM's H_level (ignored by TRM, as in the public code)
+    task: str = "sudoku"            # "sudoku", "maze" or "arc": decides the token encoding
 
     def __post_init__(self) -> None:
         checks = {
@@ -53,14 +59,21 @@ class TRMConfig:
             "num_puzzle_identifiers": self.num_puzzle_identifiers >= 1,
             "halt_max_steps": 1 <= self.halt_max_steps <= 255,
             "intermediate_multiple": self.intermediate_multiple >= 1,
+            "num_heads": self.num_heads >= 1 and self.hidden_size % self.num_heads == 0
+            and (self.hidden_size // self.num_heads) % 2 == 0,
+            "pos_encodings": self.pos_encodings in ("none", "rope"),
+            "rope_theta": self.rope_theta > 0,
+            "arch": self.arch in ("trm", "hrm"),
+            "H_layers": self.H_layers >= (1 if self.arch == "hrm" else 0),
+            "task": self.task in ("sudoku", "maze", "arc"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ValueError(f"invalid TRM config: {values}")
-        if not self.mlp_t:
-            raise ValueError("invalid TRM config: mlp_t=False (attention) is not supported yet; "
-                             "use the MLP token-mixing variant (mlp_t=True)")
+            raise ValueError(f"invalid model config: {values}")
+        if self.mlp_t and self.pos_encodings != "none":
+            raise ValueError("invalid model config: the MLP token-mixing variant (mlp_t=True) "
+                             f"takes no position encoding, got pos_encodings={self.pos_encodings!r}")
 
     @property
     def positions(self) -> int:
@@ -74,6 +87,18 @@ class TRMConfig:
     @property
     def token_intermediate(self) -> int:
         return swiglu_intermediate(self.positions, self.expansion, self.intermediate_multiple)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def net_layers(self) -> tuple[int, int]:
+        """Blocks of the network that updates z (L) and of the one that updates y (H).
+
+        TRM applies one network to both, so its H updates reuse the L blocks.
+        """
+        return self.L_layers, (self.H_layers if self.arch == "hrm" else 0)
 
     @property
     def embed_scale(self) -> float:
@@ -95,3 +120,13 @@ class TRMConfig:
 # a puzzle in QEMU in seconds. Everything else matches the public Sudoku-MLP recipe.
 SUDOKU_SMALL = TRMConfig(hidden_size=64, H_cycles=2, L_cycles=3, halt_max_steps=8,
                          intermediate_multiple=32)
+
+# The other zoo models, each sized to train on a 2-core CPU in under an hour.
+SUDOKU_ATT_SMALL = dataclasses.replace(SUDOKU_SMALL, mlp_t=False, num_heads=2,
+                                       pos_encodings="rope")
+MAZE_ATT_SMALL = TRMConfig(vocab_size=6, seq_len=81, hidden_size=64, H_cycles=2, L_cycles=3,
+                           halt_max_steps=8, intermediate_multiple=32, mlp_t=False,
+                           num_heads=2, pos_encodings="rope", task="maze")
+HRM_SUDOKU_SMALL = TRMConfig(hidden_size=64, H_cycles=2, L_cycles=2, L_layers=1, H_layers=1,
+                             puzzle_emb_len=1, halt_max_steps=8, intermediate_multiple=32,
+                             mlp_t=False, num_heads=2, pos_encodings="rope", arch="hrm")
