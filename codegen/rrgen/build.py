@@ -65,7 +65,12 @@ def macs_per_step(qm: QModel) -> dict:
         if node.op == "linear":
             rows = graph.values[node.inputs[0]].shape[0]
             per_block[node.name] = rows * node.attrs["in_features"] * node.attrs["out_features"]
-    calls = cfg.H_cycles * (cfg.L_cycles + 1) * cfg.L_layers
+        elif node.op == "attention":
+            # q k^T and p v: two [positions x positions x head_dim] products per head.
+            rows = graph.values[node.inputs[0]].shape[0]
+            per_block[node.name] = 2 * rows * rows * node.attrs["heads"] * node.attrs["head_dim"]
+    n_l, n_h = cfg.net_layers
+    calls = cfg.H_cycles * (cfg.L_cycles * n_l + (n_h or n_l))
     heads = cfg.seq_len * cfg.hidden_size * cfg.vocab_size + cfg.hidden_size * 2
     return {"per_block": per_block, "block_calls_per_step": calls,
             "heads": heads, "total": sum(per_block.values()) * calls + heads}

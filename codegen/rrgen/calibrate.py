@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import TRMConfig
 from .ir import BlockGraph
-from .model import TRM, rms_norm
+from .model import TRM, attention, rms_norm, rope_tables
 
 
 @dataclass
@@ -65,6 +66,16 @@ def run_block(graph: BlockGraph, weights: dict[str, torch.Tensor], h: torch.Tens
             out = silu * up
         elif node.op == "add_rmsnorm":
             out = rms_norm(args[0] + args[1], node.attrs["eps"])
+        elif node.op == "attention":
+            heads, head_dim = node.attrs["heads"], node.attrs["head_dim"]
+            width = heads * head_dim
+            if stats is not None:
+                for part, index in (("q", 0), ("k", 1), ("v", 2)):
+                    stats.observe((layer, node.inputs[0], part),
+                                  args[0][..., index * width:(index + 1) * width])
+            cos, sin = rope_tables(args[0].shape[1], head_dim, node.attrs["theta"],
+                                   node.attrs["rope"])
+            out = attention(args[0], cos, sin, heads)
         else:
             raise ValueError(f"unknown op {node.op!r} in node {node.name!r}")
         if stats is not None:
@@ -73,20 +84,39 @@ def run_block(graph: BlockGraph, weights: dict[str, torch.Tensor], h: torch.Tens
     return env[graph.output]
 
 
+def net_layers(config: TRMConfig) -> tuple[range, range]:
+    """Block indices of the z network (L) and the y network (H) in one flat list.
+
+    The list is L_level's blocks, then HRM's H_level blocks; TRM's H network is L.
+    """
+    n_l, n_h = config.net_layers
+    return range(n_l), (range(n_l, n_l + n_h) if n_h else range(n_l))
+
+
+def block_count(config: TRMConfig) -> int:
+    return sum(config.net_layers)
+
+
+def block_module(model: TRM, layer: int) -> torch.nn.Module:
+    n_l = model.config.L_layers
+    return model.L_level.layers[layer] if layer < n_l else model.H_level.layers[layer - n_l]
+
+
 def layer_weights(model: TRM, layer: int) -> dict[str, torch.Tensor]:
-    """State dict of block `layer`, keyed as in the traced graph (mlp_t.gate_up_proj.weight ...)."""
-    return {k: v.detach() for k, v in model.L_level.layers[layer].state_dict().items()}
+    """State dict of block `layer` (flat index), keyed as in the traced graph."""
+    return {k: v.detach() for k, v in block_module(model, layer).state_dict().items()}
 
 
 @torch.no_grad()
 def run_net(graph: BlockGraph, weights: list[dict], hidden: torch.Tensor,
-            injection: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:
-    """net(hidden + injection) through every layer."""
+            injection: torch.Tensor, stats: Stats | None = None,
+            layers: range | None = None) -> torch.Tensor:
+    """net(hidden + injection) through the blocks `layers` (default: all of `weights`)."""
     h = hidden + injection
     if stats is not None:
         stats.observe("net_in", h)
-    for layer, w in enumerate(weights):
-        h = run_block(graph, w, h, layer, stats)
+    for layer in layers if layers is not None else range(len(weights)):
+        h = run_block(graph, weights[layer], h, layer, stats)
     return h
 
 
@@ -96,7 +126,8 @@ def collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | No
     """Statistics over every net call of `steps` supervision steps (default halt_max_steps)."""
     cfg = model.config
     stats = Stats()
-    weights = [layer_weights(model, i) for i in range(cfg.L_layers)]
+    weights = [layer_weights(model, i) for i in range(block_count(cfg))]
+    net_l, net_h = net_layers(cfg)
     stats.observe("x_table", model.embed_tokens.weight * cfg.embed_scale)
     stats.observe("x_table", model.puzzle_emb * cfg.embed_scale)
     stats.observe("carry", model.H_init)
@@ -108,9 +139,9 @@ def collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | No
         for _ in range(steps or cfg.halt_max_steps):
             for _ in range(cfg.H_cycles):
                 for _ in range(cfg.L_cycles):
-                    z = run_net(graph, weights, z, y + x, stats)
+                    z = run_net(graph, weights, z, y + x, stats, net_l)
                     stats.observe("carry", z)
-                y = run_net(graph, weights, y, z, stats)
+                y = run_net(graph, weights, y, z, stats, net_h)
                 stats.observe("carry", y)
             logits, q = model.heads(y)
             stats.observe("logits", logits)

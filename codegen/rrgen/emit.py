@@ -14,8 +14,10 @@ import jinja2
 import numpy as np
 
 from . import __version__
-from .plan import ArenaLayout
-from .quantize import QAdd, QAddNorm, QGlu, QLinear, QModel, pack_int4
+from .calibrate import net_layers
+from .fixedpoint import EXP_HI, EXP_LO, EXP_MAX
+from .plan import ArenaLayout, scratch_name
+from .quantize import QAdd, QAddNorm, QAttention, QGlu, QLinear, QModel, pack_int4
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_DIR = REPO_ROOT / "templates"
@@ -73,7 +75,7 @@ class WeightTable:
     def add(self, name: str, values: np.ndarray, ctype: str, comment: str,
             dims: str | None = None) -> str:
         values = np.asarray(values)
-        itemsize = {"int8_t": 1, "int32_t": 4}[ctype]
+        itemsize = {"int8_t": 1, "int16_t": 2, "int32_t": 4}[ctype]
         self.arrays.append(CArray(name, ctype, dims or f"[{values.size}]",
                                   format_ints(values.reshape(-1)),
                                   values.size * itemsize, comment))
@@ -128,14 +130,22 @@ def _add_rmsnorm(node, graph, v):
     return f"rr_add_rmsnorm_s8(&p->{node.name}, {v(a)}, {v(b)}, {rows}, {n}, {v(node.output)})"
 
 
+def _attention(node, graph, v):
+    rows = graph.values[node.inputs[0]].shape[0]
+    return (f"rr_attention_s8(&p->{node.name}, {v(node.inputs[0])}, {rows}, {v(node.output)}, "
+            f"{v(scratch_name(node))})")
+
+
 EMITTERS = {
     "transpose": lambda node, graph, v, bits: _transpose(node, graph, v),
     "linear": _linear,
     "glu": lambda node, graph, v, bits: _glu(node, graph, v),
     "add_rmsnorm": lambda node, graph, v, bits: _add_rmsnorm(node, graph, v),
+    "attention": lambda node, graph, v, bits: _attention(node, graph, v),
 }
 
-FIELD_TYPES = {"linear": "rr_linear_t", "glu": "rr_glu_t", "add_rmsnorm": "rr_add_rmsnorm_t"}
+FIELD_TYPES = {"linear": "rr_linear_t", "glu": "rr_glu_t", "add_rmsnorm": "rr_add_rmsnorm_t",
+               "attention": "rr_attention_t"}
 
 
 def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str]) -> dict[str, str]:
@@ -178,6 +188,7 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str]) ->
                            "comment": f"{node.source}"})
 
     table = WeightTable()
+    rope_arrays = {}    # RoPE tables are the same in every block: one copy in flash
     layers = []
     for index, params in enumerate(qm.blocks):
         inits = []
@@ -194,6 +205,21 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str]) ->
                               f"layer {index} {node.name}: SiLU table, index gate + 128")
                 inits.append({"field": node.name, "value":
                               f"{{ .table = {t}, .multiplier = {p.multiplier}, .shift = {p.shift} }}"})
+            elif isinstance(p, QAttention):
+                key = (p.cos.tobytes(), p.sin.tobytes())
+                if key not in rope_arrays:
+                    n = len(rope_arrays)
+                    rope_arrays[key] = (
+                        table.add(f"k_rope{n}_cos", p.cos, "int16_t",
+                                  f"RoPE cos [positions, {p.head_dim // 2}], Q14"),
+                        table.add(f"k_rope{n}_sin", p.sin, "int16_t",
+                                  f"RoPE sin [positions, {p.head_dim // 2}], Q14"))
+                cos, sin = rope_arrays[key]
+                inits.append({"field": node.name, "value":
+                              f"{{ .heads = {p.heads}, .head_dim = {p.head_dim}, .cos = {cos}, "
+                              f".sin = {sin}, .score_multiplier = {p.score_multiplier}, "
+                              f".score_shift = {p.score_shift}, .multiplier = {p.multiplier}, "
+                              f".shift = {p.shift} }}"})
             elif isinstance(p, QAddNorm):
                 inits.append({"field": node.name, "value":
                               f"{{ .weight_a = {p.weight_a}, .weight_b = {p.weight_b}, "
@@ -214,8 +240,13 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str]) ->
     table.arrays.append(CArray("rr_l_init", "int8_t", "[RR_HIDDEN]", format_ints(qm.l_init),
                                qm.l_init.size, f"L_init, carry scale {qm.scales['carry']:.9g}"))
 
+    net_l, net_h = net_layers(cfg)
     env = environment()
     context = {
+        "blocks": len(qm.blocks), "h_first": net_h[0], "h_layers": len(net_h),
+        "has_attention": any(n.op == "attention" for n in graph.nodes),
+        "exp_hi": EXP_HI, "exp_lo": EXP_LO, "exp_max": EXP_MAX,
+        "exp_hi_body": format_ints(EXP_HI, 16), "exp_lo_body": format_ints(EXP_LO, 16),
         "banner": banner, "name": name, "cfg": cfg, "bits": qm.bits, "layout": layout,
         "offsets": offsets, "block_fields": fields, "block_steps": steps,
         "arrays": table.arrays, "layers": layers, "model_id": qm.model_id(),

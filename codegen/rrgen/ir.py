@@ -9,13 +9,16 @@ Ops (the same list in reference.py and templates/):
 - linear:      out = in @ W.T, W [out_features, in_features] from the state dict key `weight`
 - glu:         out = silu(in[:, :I]) * in[:, I:], I = attrs["intermediate"]
 - add_rmsnorm: out = rms_norm(a + b) over the last axis, eps = attrs["eps"]
+- attention:   in = [q heads | k heads | v heads] (a fused projection); RoPE on q and k
+               (attrs["rope"], base attrs["theta"]), non-causal softmax(q k^T / sqrt(d)) v
+               per head; out = the heads side by side, attrs["heads"] x attrs["head_dim"]
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-OPS = ("transpose", "linear", "glu", "add_rmsnorm")
+OPS = ("transpose", "linear", "glu", "add_rmsnorm", "attention")
 
 
 @dataclass
@@ -90,4 +93,23 @@ def _output_shape(node: Node, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
         if a != b:
             raise ValueError(f"node {node.name!r}: add_rmsnorm inputs differ in shape {a} vs {b}")
         return a
+    if node.op == "attention":
+        (rows, width), = shapes
+        heads, head_dim = node.attrs["heads"], node.attrs["head_dim"]
+        if width != 3 * heads * head_dim:
+            raise ValueError(f"node {node.name!r}: attention input width {width} is not "
+                             f"3 * {heads} heads * {head_dim}")
+        return (rows, heads * head_dim)
     raise ValueError(f"unknown op {node.op!r}")
+
+
+def scratch_bytes(node: Node, graph: BlockGraph) -> int:
+    """Working memory an op's kernel needs besides its input and output (0 for most ops).
+
+    attention: q and k of one head after RoPE, int16 [positions, head_dim] each, and one
+    int32 row of scores [positions].
+    """
+    if node.op != "attention":
+        return 0
+    positions = graph.values[node.inputs[0]].shape[0]
+    return 2 * positions * node.attrs["head_dim"] * 2 + positions * 4

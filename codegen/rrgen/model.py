@@ -73,14 +73,15 @@ def rope_tables(positions: int, head_dim: int, theta: float,
                 enabled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [positions, head_dim] of rotary embedding, halves repeated (rotate-half layout).
 
-    Disabled, the tables are cos 1 and sin 0: the rotation is the identity.
+    Computed in float32 as the public RotaryEmbedding does, so imported checkpoints give
+    the same logits. Disabled, the tables are cos 1 and sin 0: the rotation is the identity.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    angles = torch.outer(torch.arange(positions, dtype=torch.float64), inv_freq)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     if not enabled:
         angles = torch.zeros_like(angles)
-    return angles.cos().float(), angles.sin().float()
+    return angles.cos(), angles.sin()
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -18,13 +18,15 @@ smaller. verify() checks every plan: aligned, inside the arena, no live overlap.
 
 Loop-aware layout of the TRM arena: the carry y and z and the input embedding x live
 across the whole recursion and sit first; the block body is planned once (it is emitted
-once and runs T*(n+1)*L_layers times per step) with its input and output as one buffer
+once and runs T*(n+1) times per step for each block) with its input and output as one buffer
 `io` that is live at the start and at the end of the body; the heads reuse the block region.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .ir import scratch_bytes
 
 ALIGNMENT_BYTES = 16
 
@@ -130,7 +132,16 @@ def block_buffers(graph, element_bytes: dict[str, int] | None = None) -> list[Bu
     for name in first:
         if name not in (graph.input, graph.output):
             buffers.append(Buffer(name, size(name), [(first[name], last[name])]))
+    # Kernel working memory (attention) is live during its own op only.
+    for step, node in enumerate(graph.nodes, start=1):
+        extra = scratch_bytes(node, graph)
+        if extra:
+            buffers.append(Buffer(scratch_name(node), extra, [(step, step)]))
     return buffers
+
+
+def scratch_name(node) -> str:
+    return f"{node.name}_scratch"
 
 
 @dataclass

@@ -10,6 +10,10 @@ Convention: real = scale * q, zero point 0, everywhere.
 - Activations: INT8 with one scale per tensor, max |value| / 127 over every recursion
   step of the calibration puzzles. Logits and the halt logit are INT16 (max / 32767), so
   saturation rarely creates a tie for argmax.
+- Attention: q, k and v of the fused projection get one scale each. RoPE uses Q14 tables,
+  scores are exact int32 dot products, the softmax works on integer score differences
+  with a two-table exponential, probabilities are Q15, and the weighted sum of v is
+  requantized to INT8 (see reference.attention for the arithmetic).
 - Residual adds keep each input in a common base (s_base = max input scale / 2^12) with
   small integer weights, so add + RMSNorm is one integer op and the sum is never rounded.
 """
@@ -27,7 +31,8 @@ import torch
 from . import calibrate, sudoku
 from .calibrate import Stats
 from .config import TRMConfig
-from .fixedpoint import INT8_MAX, INT16_MAX, quantize_multiplier, silu_table
+from .fixedpoint import (INT8_MAX, INT16_MAX, PROB_BITS, quantize_multiplier, rope_q14,
+                         score_multiplier, silu_table)
 from .ir import BlockGraph
 from .model import TRM
 from .trace import trace_block
@@ -68,6 +73,18 @@ class QAddNorm:
 
 
 @dataclass
+class QAttention:
+    heads: int
+    head_dim: int
+    cos: np.ndarray           # [positions, head_dim / 2] int16, Q14
+    sin: np.ndarray           # [positions, head_dim / 2] int16, Q14
+    score_multiplier: int     # u = (d * score_multiplier + 2^(score_shift - 1)) >> score_shift
+    score_shift: int          # 1..62
+    multiplier: int           # requantize() of sum_t p_t v_t (p in Q15) to the output scale
+    shift: int
+
+
+@dataclass
 class QAdd:
     weights: list[int]        # integer weight of each input in the common base
     multiplier: int
@@ -79,7 +96,7 @@ class QModel:
     config: TRMConfig
     bits: int
     graph: BlockGraph
-    blocks: list[dict]                     # per layer: node name -> QLinear | QGlu | QAddNorm
+    blocks: list[dict]                     # per block (L blocks, then HRM's H blocks): node -> params
     scales: dict = field(default_factory=dict)
     embed: np.ndarray = None               # [vocab, hidden] int8, x rows (scale x)
     puzzle: np.ndarray = None              # [num_puzzle_identifiers, hidden] int8 (scale x)
@@ -111,6 +128,10 @@ class QModel:
                 elif isinstance(p, QGlu):
                     yield p.table
                     yield np.array([p.multiplier, p.shift])
+                elif isinstance(p, QAttention):
+                    yield from (p.cos, p.sin)
+                    yield np.array([p.heads, p.head_dim, p.score_multiplier, p.score_shift,
+                                    p.multiplier, p.shift])
                 else:
                     yield np.array([p.weight_a, p.weight_b, p.eps_term, p.multiplier,
                                     p.total_shift])
@@ -201,6 +222,19 @@ def make_add_norm(scale_a: float, scale_b: float, out_scale: float, n: int,
                     int(round(n * eps / base ** 2)), mult, total_shift)
 
 
+def make_attention(node, positions: int, s_q: float, s_k: float, s_v: float,
+                   s_out: float, name: str) -> QAttention:
+    heads, head_dim = node.attrs["heads"], node.attrs["head_dim"]
+    cos, sin = rope_q14(positions, head_dim, node.attrs["theta"], node.attrs["rope"])
+    # Scores in u units (1/256 of a nat): d * s_q * s_k / sqrt(d_head) * 256.
+    score_mult, score_shift = score_multiplier(s_q * s_k / math.sqrt(head_dim) * 256)
+    mult, shift = quantize_multiplier(s_v / (1 << PROB_BITS) / s_out)
+    max_acc = ((1 << PROB_BITS) + positions) * 128
+    if shift > 0 and max_acc << shift >= 1 << 31:
+        raise ValueError(f"attention {name!r}: output scale too small for int32 requantization")
+    return QAttention(heads, head_dim, cos, sin, score_mult, score_shift, mult, shift)
+
+
 def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
                    calibration_tokens: np.ndarray | None = None) -> QModel:
     """Trace, calibrate and quantize `model`; weights INT8 or INT4, activations INT8."""
@@ -212,6 +246,11 @@ def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
             raise ValueError(f"weight {name!r} contains NaN or Inf; the checkpoint is unusable, "
                              "use an earlier one or retrain")
     graph = trace_block(model.L_level.layers[0], cfg)
+    for layer in range(1, calibrate.block_count(cfg)):
+        other = trace_block(calibrate.block_module(model, layer), cfg)
+        if [(n.op, n.name) for n in other.nodes] != [(n.op, n.name) for n in graph.nodes]:
+            raise ValueError(f"block {layer} differs in structure from block 0; rrgen emits "
+                             "one block body for every layer")
     if calibration_tokens is None:
         puzzles, _ = sudoku.generate(calibration_puzzles, sudoku.CALIBRATION_SEED)
         calibration_tokens = sudoku.to_tokens(puzzles)
@@ -232,8 +271,13 @@ def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int) 
         graph.values[node.output].dtype = "int8"
     graph.values[graph.input].dtype = "int8"
 
+    net_l, net_h = calibrate.net_layers(cfg)
+    firsts = {net_l[0], net_h[0]}
+    lasts = {net_l[-1], net_h[-1]}
     layer_in = s_in
-    for layer in range(cfg.L_layers):
+    for layer in range(calibrate.block_count(cfg)):
+        if layer in firsts:
+            layer_in = s_in
         weights = calibrate.layer_weights(model, layer)
         scale = {graph.input: layer_in}
         params = {}
@@ -244,7 +288,14 @@ def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int) 
             elif node.op == "linear":
                 w = weights[node.attrs["weight"]].numpy().astype(np.float64)
                 feeds_glu = any(n.op == "glu" and n.inputs[0] == node.output for n in graph.nodes)
-                if feeds_glu:
+                feeds_attention = any(n.op == "attention" and n.inputs[0] == node.output
+                                      for n in graph.nodes)
+                if feeds_attention:
+                    third = node.attrs["out_features"] // 3
+                    parts = tuple(act_scale(m[(layer, node.name, part)]) for part in "qkv")
+                    out_scales = np.repeat(np.array(parts), third)
+                    scale[node.output] = parts
+                elif feeds_glu:
                     half = node.attrs["out_features"] // 2
                     g, u = act_scale(m[(layer, node.name, "gate")]), act_scale(m[(layer, node.name, "up")])
                     out_scales = np.array([g] * half + [u] * half)
@@ -266,9 +317,16 @@ def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int) 
                 mult, shift = quantize_multiplier(s_silu * s_up / s_out)
                 params[node.name] = QGlu(silu_table(s_gate, s_silu), mult, shift)
                 scale[node.output] = s_out
+            elif node.op == "attention":
+                s_q, s_k, s_v = scale[node.inputs[0]]
+                s_out = act_scale(m[key])
+                positions = graph.values[node.inputs[0]].shape[0]
+                params[node.name] = make_attention(node, positions, s_q, s_k, s_v, s_out,
+                                                   f"layer {layer} {node.name}")
+                scale[node.output] = s_out
             elif node.op == "add_rmsnorm":
                 s_out = act_scale(m[key])
-                if node.output == graph.output and layer == cfg.L_layers - 1:
+                if node.output == graph.output and layer in lasts:
                     s_out = s_c   # the last layer writes the carry
                 n = graph.values[node.output].shape[-1]
                 params[node.name] = make_add_norm(scale[node.inputs[0]], scale[node.inputs[1]],
@@ -353,6 +411,10 @@ def save_qmodel(qm: QModel, path) -> None:
             elif isinstance(p, QGlu):
                 arrays[f"{prefix}.table"] = p.table
                 entry[name] = {"kind": "glu", "multiplier": p.multiplier, "shift": p.shift}
+            elif isinstance(p, QAttention):
+                arrays[f"{prefix}.cos"], arrays[f"{prefix}.sin"] = p.cos, p.sin
+                entry[name] = {"kind": "attention", **{k: v for k, v in vars(p).items()
+                                                        if k not in ("cos", "sin")}}
             else:
                 entry[name] = {"kind": "add_rmsnorm", **vars(p)}
         meta["blocks"].append(entry)
@@ -393,6 +455,10 @@ def load_qmodel(path) -> QModel:
                 block[name] = get_linear(prefix, m)
             elif m["kind"] == "glu":
                 block[name] = QGlu(arrays[f"{prefix}.table"], m["multiplier"], m["shift"])
+            elif m["kind"] == "attention":
+                fields = {k: v for k, v in m.items() if k != "kind"}
+                block[name] = QAttention(cos=arrays[f"{prefix}.cos"], sin=arrays[f"{prefix}.sin"],
+                                         **fields)
             else:
                 block[name] = QAddNorm(**{k: v for k, v in m.items() if k != "kind"})
         qm.blocks.append(block)

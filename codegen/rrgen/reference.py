@@ -11,6 +11,10 @@ Kernels, each with one C twin in templates/kernels.c.j2:
 - add_rmsnorm: r = a * wa + b * wb (int32, exact); root = isqrt(sum r^2 + eps_term);
                m_row = round(multiplier * 2^30 / root); out = sat(round(r * m_row / 2^total_shift))
 - add:         r = sum_k in_k * w_k (int32, exact); out = sat(requantize(r, M, S))
+- attention:   per head: q, k rotated by Q14 RoPE tables (rotate_q14, int16); scores
+               acc = q . k (int32); d = row max - acc; u = min((d * Ms + 2^(Ss-1)) >> Ss,
+               4095); e = exp_q15(u); p = (e * 2^15 + sum/2) / sum (uint32, Q15);
+               out = sat(requantize(sum_t p_t v_t, M, S))
 - argmax:      first index of the largest logit (ties go to the lowest token id)
 """
 
@@ -21,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fixedpoint import (INT8_MAX, INT8_MIN, divide_by_power_of_two, divide_round, isqrt_u64,
-                         requantize)
-from .quantize import QAdd, QAddNorm, QGlu, QLinear, QModel, RMS_RECIPROCAL_BITS
+from .calibrate import net_layers
+from .fixedpoint import (EXP_MAX, INT8_MAX, INT8_MIN, PROB_BITS, divide_by_power_of_two,
+                         divide_round, exp_q15, isqrt_u64, requantize, rotate_q14)
+from .quantize import QAdd, QAddNorm, QAttention, QGlu, QLinear, QModel, RMS_RECIPROCAL_BITS
 
 
 def matmul_exact(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -74,6 +79,31 @@ def add(inputs: list[np.ndarray], p: QAdd) -> np.ndarray:
     return np.clip(requantize(r, p.multiplier, p.shift), INT8_MIN, INT8_MAX)
 
 
+def attention(qkv: np.ndarray, p: QAttention) -> np.ndarray:
+    """qkv [B, S, 3W] int8, W = heads * head_dim -> [B, S, W] int8."""
+    batch, seq, _ = qkv.shape
+    heads, dim, half = p.heads, p.head_dim, p.head_dim // 2
+    parts = qkv.astype(np.int64).reshape(batch, seq, 3, heads, dim)
+    cos, sin = p.cos[None, :, None, :], p.sin[None, :, None, :]
+
+    def rotate(t):                                   # [B, S, heads, dim]
+        a, b = rotate_q14(t[..., :half], t[..., half:], cos, sin)
+        return np.concatenate([a, b], axis=-1).transpose(0, 2, 1, 3)   # [B, heads, S, dim]
+
+    q, k = rotate(parts[:, :, 0]), rotate(parts[:, :, 1])
+    v = parts[:, :, 2].transpose(0, 2, 1, 3)
+    # |q|, |k| <= 257, so every partial sum is far below 2^53: float64 matmul is exact.
+    scores = np.rint(q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2)).astype(np.int64)
+    d = scores.max(axis=-1, keepdims=True) - scores
+    u = np.minimum((d * p.score_multiplier + (1 << (p.score_shift - 1))) >> p.score_shift, EXP_MAX)
+    e = exp_q15(u)
+    total = e.sum(axis=-1, keepdims=True)
+    prob = ((e << PROB_BITS) + (total >> 1)) // total
+    acc = np.rint(prob.astype(np.float64) @ v.astype(np.float64)).astype(np.int64)
+    out = np.clip(requantize(acc, p.multiplier, p.shift), INT8_MIN, INT8_MAX)
+    return out.transpose(0, 2, 1, 3).reshape(batch, seq, heads * dim)
+
+
 def argmax(logits: np.ndarray) -> np.ndarray:
     """Index of the largest value on the last axis; numpy returns the first of equal maxima."""
     return np.argmax(logits, axis=-1)
@@ -92,14 +122,16 @@ def run_block(qm: QModel, layer: int, h: np.ndarray) -> np.ndarray:
             out = glu(args[0], params[node.name])
         elif node.op == "add_rmsnorm":
             out = add_rmsnorm(args[0], args[1], params[node.name])
+        elif node.op == "attention":
+            out = attention(args[0], params[node.name])
         else:
             raise ValueError(f"unknown op {node.op!r} in node {node.name!r}")
         env[node.output] = out
     return env[graph.output]
 
 
-def run_net(qm: QModel, h: np.ndarray) -> np.ndarray:
-    for layer in range(qm.config.L_layers):
+def run_net(qm: QModel, h: np.ndarray, layers: range) -> np.ndarray:
+    for layer in layers:
         h = run_block(qm, layer, h)
     return h
 
@@ -143,6 +175,7 @@ def solve(qm: QModel, tokens: np.ndarray, puzzle_ids: np.ndarray | None = None,
     x = input_embedding(qm, tokens, puzzle_ids)
     y = np.broadcast_to(qm.h_init.astype(np.int64), x.shape).copy()
     z = np.broadcast_to(qm.l_init.astype(np.int64), x.shape).copy()
+    net_l, net_h = net_layers(cfg)
     running = np.ones(batch, dtype=bool)
     steps_used = np.zeros(batch, dtype=np.int64)
     out_tok, out_q, out_y, out_z = [], [], [], []
@@ -151,8 +184,8 @@ def solve(qm: QModel, tokens: np.ndarray, puzzle_ids: np.ndarray | None = None,
         ny, nz, nx = y[idx], z[idx], x[idx]
         for _ in range(cfg.H_cycles):
             for _ in range(cfg.L_cycles):
-                nz = run_net(qm, add([nz, ny, nx], qm.add_z))
-            ny = run_net(qm, add([ny, nz], qm.add_y))
+                nz = run_net(qm, add([nz, ny, nx], qm.add_z), net_l)
+            ny = run_net(qm, add([ny, nz], qm.add_y), net_h)
         y[idx], z[idx] = ny, nz
         if not out_tok:
             tok = np.zeros((batch, cfg.seq_len), dtype=np.int64)

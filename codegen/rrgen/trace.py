@@ -5,6 +5,8 @@ primitives (transpose, linear, chunk, getitem, silu, mul, add, rms_norm), then f
 the IR ops that the integer kernels implement:
   chunk + getitem + silu + mul -> glu
   add + rms_norm               -> add_rmsnorm
+model.attention (one fx call node, like rms_norm) becomes the attention op; its RoPE
+tables are get_attr nodes that the op rebuilds from the config.
 A node that maps to no primitive, or a primitive left over after fusion, raises
 UnsupportedOpError naming the node, so a changed model fails at build time, not on a board.
 """
@@ -43,10 +45,14 @@ def _primitive(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
             return "add"
         if node.target is model_module.rms_norm:
             return "rms_norm"
+        if node.target is model_module.attention:
+            return "attention"
+    if node.op == "get_attr" and node.target.rsplit(".", 1)[-1] in ("cos", "sin"):
+        return "rope_table"
     target = getattr(node.target, "__name__", node.target)
     raise UnsupportedOpError(f"traced node {node.name!r} ({node.op} {target}) is not supported "
                              "by rrgen; supported: Linear, transpose(1, 2), chunk, SiLU, mul, "
-                             "add followed by rms_norm")
+                             "add followed by rms_norm, attention")
 
 
 class _Tracer(torch.fx.Tracer):
@@ -139,6 +145,23 @@ def trace_block(block: nn.Module, config: TRMConfig) -> BlockGraph:
                 raise UnsupportedOpError(f"node {node.name!r}: add is only supported as the "
                                          "residual feeding rms_norm")
             alias[node.name] = ("add", args[0].name, args[1].name)
+        elif prim == "rope_table":
+            continue
+        elif prim == "attention":
+            src = args[0].name
+            heads = args[3] if len(args) > 3 else node.kwargs["num_heads"]
+            rows, width = shapes[src]
+            if width % (3 * heads) or (width // (3 * heads)) % 2:
+                raise UnsupportedOpError(f"node {node.name!r}: attention input width {width} "
+                                         f"does not split into q, k, v of {heads} heads of "
+                                         "even size")
+            head_dim = width // (3 * heads)
+            nodes.append(Node("attention", node.name, [src],
+                              value(node.name, (rows, heads * head_dim)),
+                              {"heads": heads, "head_dim": head_dim,
+                               "rope": config.pos_encodings == "rope",
+                               "theta": float(config.rope_theta)},
+                              source="attention (RoPE, softmax, non-causal)"))
         elif prim == "rms_norm":
             a = alias.get(args[0].name)
             if not a or a[0] != "add":

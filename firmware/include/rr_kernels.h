@@ -44,6 +44,27 @@ typedef struct {
     int32_t total_shift;        /* 1..62 */
 } rr_add_rmsnorm_t;
 
+/*
+ * Non-causal multi-head attention on a fused [q | k | v] projection, RoPE on q and k.
+ * Per head and query row (reference.attention gives the same bits):
+ *   q, k  rotated pairwise by the Q14 tables, (a c - b s + 2^13) >> 14, int16
+ *   acc_t = q . k_t (int32); d_t = max_t acc_t - acc_t
+ *   u_t   = min((d_t * score_multiplier + 2^(score_shift - 1)) >> score_shift, 4095)
+ *   e_t   = (exp_hi[u_t >> 5] * exp_lo[u_t & 31] + 2^14) >> 15, Q15
+ *   p_t   = (e_t * 2^15 + sum/2) / sum, Q15
+ *   out   = sat8(rr_requantize(sum_t p_t v_t, multiplier, shift))
+ */
+typedef struct {
+    int32_t heads;
+    int32_t head_dim;           /* even */
+    const int16_t *cos;         /* [positions, head_dim / 2] Q14 */
+    const int16_t *sin;         /* [positions, head_dim / 2] Q14 */
+    int32_t score_multiplier;   /* 0..2^31-1 */
+    int32_t score_shift;        /* 1..62 */
+    int32_t multiplier;
+    int32_t shift;
+} rr_attention_t;
+
 /* Weighted sum of int8 tensors in a common base, requantized to int8. */
 typedef struct {
     int32_t weights[3];         /* 0..4096 each; unused entries 0 */
@@ -86,6 +107,16 @@ rr_status_t rr_add_rmsnorm_s8(const rr_add_rmsnorm_t *p, const int8_t *a, const 
  */
 rr_status_t rr_add_s8(const rr_add_t *p, const int8_t *const *inputs, int32_t n_inputs,
                       int32_t count, int8_t *out);
+
+/*
+ * qkv      [positions, 3 * heads * head_dim] int8
+ * out      [positions, heads * head_dim] int8
+ * scratch  RR_ATTENTION_SCRATCH_BYTES(positions, head_dim) bytes, 4-byte aligned
+ */
+#define RR_ATTENTION_SCRATCH_BYTES(positions, head_dim) \
+    (2 * (positions) * (head_dim) * 2 + (positions) * 4)
+rr_status_t rr_attention_s8(const rr_attention_t *p, const int8_t *qkv, int32_t positions,
+                            int8_t *out, void *scratch);
 
 /* in [rows, cols] int8 -> out [cols, rows] int8. */
 rr_status_t rr_transpose_s8(const int8_t *in, int32_t rows, int32_t cols, int8_t *out);
