@@ -1,4 +1,4 @@
-"""Train a TRM on generated Sudoku puzzles on the CPU, with deep supervision.
+"""Train a TRM or HRM on generated puzzles (Sudoku, Maze) on the CPU, with deep supervision.
 
 First stage of the pipeline (model -> quantize -> trace -> plan -> emit -> build -> run).
 As in the public training loop, a batch of slots keeps its carry between optimizer
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, sudoku
+from . import checkpoint, tasks
 from .config import TRMConfig
 from .model import TRM
 
@@ -36,8 +36,6 @@ class TrainOptions:
     warmup_steps: int = 200
     ema: float = 0.995               # weight EMA decay (0 disables); the EMA copy is saved
     pool: int = 20000                # base puzzles generated for training
-    min_blanks: int = 30
-    max_blanks: int = 45
     halt_exploration: float = 0.1    # chance that a slot gets a random minimum step count
     eval_every: int = 500
     eval_puzzles: int = 500
@@ -52,37 +50,48 @@ def lr_at(step: int, opts: TrainOptions) -> float:
     return opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+# Seeds of the generated splits, the same for every task.
+TRAIN_SEED, TEST_SEED, CALIBRATION_SEED = 1, 2, 3
+
+
+def scores(pred: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per puzzle: correct supervised cells, and whether all are correct. Label 0 is pad."""
+    supervised = labels != 0
+    right = (pred == labels) & supervised
+    return right.sum(-1), right.sum(-1) == supervised.sum(-1)
+
+
 @torch.no_grad()
-def evaluate(model: TRM, puzzles: np.ndarray, solutions: np.ndarray, steps: int | None = None,
-             batch: int = 250) -> tuple[float, float]:
-    """Cell accuracy and puzzle-exact accuracy after `steps` supervision steps (all run)."""
+def evaluate(model: TRM, inputs: np.ndarray, labels: np.ndarray, steps: int | None = None,
+             batch: int = 250, puzzle_ids: np.ndarray | None = None) -> tuple[float, float]:
+    """Cell accuracy (supervised cells) and puzzle-exact accuracy after `steps` steps (all run)."""
     model.eval()
     cells = exact = 0
-    for start in range(0, len(puzzles), batch):
-        tokens = torch.from_numpy(sudoku.to_tokens(puzzles[start:start + batch]))
-        labels = torch.from_numpy(sudoku.to_tokens(solutions[start:start + batch]))
-        pred = model.solve(tokens, steps=steps)
-        cells += (pred == labels).sum().item()
-        exact += (pred == labels).all(-1).sum().item()
-    return cells / puzzles.size, exact / len(puzzles)
+    for start in range(0, len(inputs), batch):
+        tokens = torch.from_numpy(inputs[start:start + batch])
+        lab = torch.from_numpy(labels[start:start + batch])
+        pids = None if puzzle_ids is None else torch.from_numpy(puzzle_ids[start:start + batch])
+        right, solved = scores(model.solve(tokens, pids, steps=steps), lab)
+        cells += right.sum().item()
+        exact += solved.sum().item()
+    return cells / max(1, int((labels != 0).sum())), exact / len(inputs)
 
 
 class PuzzleStream:
     """Endless augmented puzzles from a seeded pool of generated ones."""
 
-    def __init__(self, opts: TrainOptions):
-        log.info("generating %d training puzzles (seed %d, %d..%d blanks)",
-                 opts.pool, sudoku.TRAIN_SEED, opts.min_blanks, opts.max_blanks)
+    def __init__(self, task: tasks.Task, opts: TrainOptions):
+        log.info("generating %d training %s puzzles (seed %d)", opts.pool, task.name, TRAIN_SEED)
         t0 = time.time()
-        self.puzzles, self.solutions = sudoku.generate(opts.pool, sudoku.TRAIN_SEED,
-                                                       opts.min_blanks, opts.max_blanks)
+        self.task = task
+        self.inputs, self.labels, _ = task.generate(opts.pool, TRAIN_SEED)
         log.info("generated in %.0f s", time.time() - t0)
         self.rng = np.random.default_rng(opts.seed)
 
     def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.rng.integers(0, len(self.puzzles), n)
-        p, s = sudoku.augment(self.puzzles[idx], self.solutions[idx], self.rng)
-        return torch.from_numpy(sudoku.to_tokens(p)), torch.from_numpy(sudoku.to_tokens(s))
+        idx = self.rng.integers(0, len(self.inputs), n)
+        p, s = self.task.augment(self.inputs[idx], self.labels[idx], self.rng)
+        return torch.from_numpy(np.ascontiguousarray(p)), torch.from_numpy(np.ascontiguousarray(s))
 
 
 def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print) -> TRM:
@@ -100,9 +109,15 @@ def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print) -> TR
                                {"params": no_decay, "weight_decay": 0.0}],
                               lr=opts.lr, betas=(0.9, 0.95))
 
-    stream = PuzzleStream(opts)
-    test_p, test_s = sudoku.generate(opts.eval_puzzles, sudoku.TEST_SEED,
-                                     opts.min_blanks, opts.max_blanks)
+    task = tasks.get_task(config.task, config.seq_len)
+    if task.vocab_size != config.vocab_size:
+        raise ValueError(f"task {task.name!r} has {task.vocab_size} tokens but the model "
+                         f"config has vocab_size={config.vocab_size}")
+    if config.num_puzzle_identifiers != 1:
+        raise ValueError("training supports one shared puzzle identifier (Sudoku, Maze); "
+                         f"the config has num_puzzle_identifiers={config.num_puzzle_identifiers}")
+    stream = PuzzleStream(task, opts)
+    test_p, test_s, _ = task.generate(opts.eval_puzzles, TEST_SEED)
     rng = np.random.default_rng(opts.seed + 1)
 
     # Slot state. steps = supervision steps taken; min_steps from halt exploration.
@@ -124,8 +139,9 @@ def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print) -> TR
         x = model.input_embeddings(tokens, pids)
         y, z, logits, q = model.step(y, z, x)
         pred = logits.argmax(-1)
-        correct = (pred == labels).all(-1)
-        lm_loss = F.cross_entropy(logits.reshape(-1, config.vocab_size), labels.reshape(-1))
+        right, correct = scores(pred, labels)
+        lm_loss = F.cross_entropy(logits.reshape(-1, config.vocab_size), labels.reshape(-1),
+                                  ignore_index=0)
         q_loss = F.binary_cross_entropy_with_logits(q[:, 0], correct.float())
         loss = lm_loss + 0.5 * q_loss
         optim.zero_grad(set_to_none=True)
@@ -153,7 +169,7 @@ def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print) -> TR
                 min_steps[halted] = torch.where(explore, lo, torch.zeros_like(lo))
 
         window["loss"] += loss.item()
-        window["cell"] += (pred == labels).float().mean().item()
+        window["cell"] += (right.sum() / (labels != 0).sum()).item()
         window["exact"] += correct.float().mean().item()
         window["n"] += 1
         if (it + 1) % 50 == 0:
