@@ -50,7 +50,7 @@ def test_shipped_model_matches_reference_in_qemu(shipped_build, puzzles):
     with run_qemu(shipped_build.out_dir / "firmware.elf", "mps2-an500") as session:
         client = Client(session.port, timeout=300.0)
         client.wait_ready(timeout=30.0)
-        summary = run_puzzles(client, puzzles[:1], shipped_build.qmodel, max_steps=STEPS,
+        summary = run_puzzles(client, sudoku.to_tokens(puzzles[:1]), shipped_build.qmodel, max_steps=STEPS,
                               printer=lines.append)
     assert summary.mismatches == [], "\n".join(lines)
     assert summary.steps_checked == STEPS

@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, boards, checkpoint, emit, plan, quantize, toolchain
+from . import __version__, boards, calibrate, emit, frontend, plan, quantize, toolchain
 from .quantize import QModel
 
 log = logging.getLogger("rrgen.build")
@@ -175,17 +175,23 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: str | Path,
-          calibration_puzzles: int = 64, command: str | None = None) -> BuildResult:
+          calibration_puzzles: int = 64, command: str | None = None,
+          public_config: str | Path | None = None, task: str | None = None) -> BuildResult:
     board = boards.load_board(board_name)
     if calibration_puzzles < 1:
         raise BuildError(f"--calibration {calibration_puzzles} is invalid; use 1 or more puzzles")
     check_out_dir(Path(out_dir))
-    model_path = Path(model_path) if model_path else checkpoint.DEFAULT_CHECKPOINT
-    model = checkpoint.load(model_path)
+    model = frontend.load_model(model_path, public_config)
+    model_path = Path(model.source_path)
+    if task is not None and task != model.config.task:
+        raise BuildError(f"--task {task} does not match the model, which was made for "
+                         f"{model.config.task!r}; pass --task {model.config.task} or another model")
     command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "rrgen", *sys.argv[1:]])
     out_dir = Path(out_dir)
 
-    qm = quantize.quantize_model(model, bits=bits, calibration_puzzles=calibration_puzzles)
+    tokens, ids = calibrate.calibration_data(model.config, calibration_puzzles)
+    qm = quantize.quantize_model(model, bits=bits, calibration_tokens=tokens,
+                                 calibration_ids=ids)
     layout = plan.plan_arena(qm)
     log.info("arena %d bytes (lower bound %d, without reuse %d)", layout.arena_bytes,
              layout.lower_bound_bytes, layout.no_reuse_bytes)
@@ -227,6 +233,7 @@ def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: st
         (staging / "report.md").write_text(report_markdown(report, command))
         (staging / "build.json").write_text(json.dumps({
             "model": str(model_path.resolve()), "bits": bits, "board": board.name,
+            "task": qm.config.task, "seq_len": qm.config.seq_len,
             "calibration_puzzles": calibration_puzzles, "model_id": qm.model_id(),
             "firmware": "firmware" if board.is_host else "firmware.elf",
             "qemu_machine": board.qemu_machine}, indent=2) + "\n")

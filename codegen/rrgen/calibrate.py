@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import tasks
 from .config import TRMConfig
 from .ir import BlockGraph
 from .model import TRM, attention, rms_norm, rope_tables
@@ -84,6 +85,16 @@ def run_block(graph: BlockGraph, weights: dict[str, torch.Tensor], h: torch.Tens
     return env[graph.output]
 
 
+def calibration_data(config: TRMConfig, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and puzzle ids of the task's calibration split (seed tasks.CALIBRATION_SEED).
+
+    Puzzle ids beyond the model's table (ARC data against a smaller table) fall back to 0.
+    """
+    task = tasks.get_task(config.task, config.seq_len)
+    inputs, _, ids = task.generate(count, tasks.CALIBRATION_SEED)
+    return inputs, np.where(ids < config.num_puzzle_identifiers, ids, 0)
+
+
 def net_layers(config: TRMConfig) -> tuple[range, range]:
     """Block indices of the z network (L) and the y network (H) in one flat list.
 
@@ -122,7 +133,7 @@ def run_net(graph: BlockGraph, weights: list[dict], hidden: torch.Tensor,
 
 @torch.no_grad()
 def collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | None = None,
-            batch: int = 64) -> Stats:
+            batch: int = 64, puzzle_ids: torch.Tensor | None = None) -> Stats:
     """Statistics over every net call of `steps` supervision steps (default halt_max_steps)."""
     cfg = model.config
     stats = Stats()
@@ -134,7 +145,9 @@ def collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | No
     stats.observe("carry", model.L_init)
     for start in range(0, tokens.shape[0], batch):
         tok = tokens[start:start + batch]
-        x = model.input_embeddings(tok, torch.zeros(tok.shape[0], dtype=torch.long))
+        ids = (torch.zeros(tok.shape[0], dtype=torch.long) if puzzle_ids is None
+               else puzzle_ids[start:start + batch].long())
+        x = model.input_embeddings(tok, ids)
         y, z = model.initial_carry(tok.shape[0])
         for _ in range(steps or cfg.halt_max_steps):
             for _ in range(cfg.H_cycles):

@@ -49,7 +49,8 @@ def cmd_build(args) -> int:
     from .build import build
 
     out = Path(args.out or f"build/{args.board}")
-    result = build(args.model, args.board, args.bits, out, args.calibration)
+    result = build(args.model, args.board, args.bits, out, args.calibration,
+                   public_config=args.public_config, task=args.task)
     r = result.report
     print(f"built {r['board']} INT{r['weight_bits']} model {r['model_id']} in {out}/")
     for region in r["regions"]:
@@ -63,32 +64,49 @@ def cmd_build(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from . import sudoku
+    from . import tasks
+    from .boards import load_board
     from .build import load_build, load_reference
     from .run import open_device, run_puzzles
-
-    from .boards import load_board
 
     if args.limit < 0:
         raise UserError(f"--limit {args.limit} is invalid; use 0 (all puzzles) or more")
     if not 0 <= args.max_steps <= 255:
         raise UserError(f"--max-steps {args.max_steps} is invalid; use 0 (the model's "
                         "halt_max_steps) to 255")
+    if args.puzzle_id < 0:
+        raise UserError(f"--puzzle-id {args.puzzle_id} is invalid; use 0 or more")
     if not args.port:
         load_board(args.board)   # an unknown board name is reported as such
-    grids = sudoku.read_puzzle_file(args.puzzles)
-    if args.limit:
-        grids = grids[:args.limit]
     build_dir = Path(args.build or f"build/{args.board}")
+    info = None
+    if not args.port or args.build:
+        info = load_build(build_dir, args.board)
+    task_name, seq_len = args.task, None
+    if info is not None:
+        built = info.get("task", "sudoku")
+        if args.task and args.task != built:
+            raise UserError(f"--task {args.task} does not match the build in {build_dir}, "
+                            f"which is for {built!r}; pass --task {built} or another --build")
+        task_name, seq_len = built, info.get("seq_len")
+    task = tasks.get_task(task_name or "sudoku", seq_len)
+    tokens = task.read_puzzle_file(args.puzzles)
+    if args.limit:
+        tokens = tokens[:args.limit]
     qm = None
     if args.check:
-        if args.port and not args.build:
+        if info is None:
             raise UserError("--check with --port needs --build DIR, the folder the board's "
                             "firmware was built into")
-        qm = load_reference(load_build(build_dir, args.board))
+        qm = load_reference(info)
+        if args.puzzle_id >= qm.config.num_puzzle_identifiers:
+            raise UserError(f"--puzzle-id {args.puzzle_id} is out of range; the model has "
+                            f"{qm.config.num_puzzle_identifiers} puzzle identifiers")
+    ids = np.full(len(tokens), args.puzzle_id, dtype=np.int64)
     with open_device(None if args.port else build_dir, args.port, icount=args.icount,
                      board=args.board) as client:
-        summary = run_puzzles(client, grids, qm, max_steps=args.max_steps, halt=args.halt)
+        summary = run_puzzles(client, tokens, qm, max_steps=args.max_steps, halt=args.halt,
+                              task=task, puzzle_ids=ids)
     if summary.cells:
         print(f"accuracy: {summary.exact}/{summary.puzzles} puzzles exact "
               f"({100 * summary.exact / summary.puzzles:.1f}%), cells "
@@ -109,44 +127,51 @@ def cmd_eval(args) -> int:
 
     import torch
 
-    from . import checkpoint, sudoku
+    from . import frontend, tasks
     from .build import build
     from .run import run_batch
-    from .train import evaluate
+    from .train import evaluate, scores
 
     if args.puzzles < 1:
         raise UserError(f"--puzzles {args.puzzles} is invalid; use 1 or more")
     torch.set_num_threads(args.threads)
-    model = checkpoint.load(args.model)
-    puzzles, solutions = sudoku.generate(args.puzzles, args.seed, args.min_blanks, args.max_blanks)
-    labels = sudoku.to_tokens(solutions)
-    steps = model.config.halt_max_steps
-    print(f"{args.puzzles} held-out puzzles (seed {args.seed}, {args.min_blanks}..{args.max_blanks} "
-          f"blanks), {steps} supervision steps, no early halting")
-    cell, exact = evaluate(model, puzzles, solutions)
+    model = frontend.load_model(args.model, args.public_config)
+    cfg = model.config
+    task = tasks.get_task(cfg.task, cfg.seq_len)
+    inputs, labels, ids = task.generate(args.puzzles, args.seed)
+    ids = np.where(ids < cfg.num_puzzle_identifiers, ids, 0)
+    steps = cfg.halt_max_steps
+    print(f"{args.puzzles} held-out {task.name} puzzles (seed {args.seed}), {steps} supervision "
+          "steps, no early halting")
+    cell, exact = evaluate(model, inputs, labels, puzzle_ids=ids)
     print(f"fp32      cell {100 * cell:.2f}%  puzzle-exact {100 * exact:.2f}%")
+    supervised = max(1, int((labels != 0).sum()))
+
+    def score(records):
+        final = torch.from_numpy(np.stack([r["tokens"][-1] for r in records]).astype(np.int64))
+        right, solved = scores(final, torch.from_numpy(labels))
+        return 100 * right.sum().item() / supervised, 100 * solved.float().mean().item()
+
     for bits in args.bits:
         with tempfile.TemporaryDirectory() as tmp:
-            built = build(args.model, "host", bits, Path(tmp) / "host", args.calibration)
-            records = run_batch(built.out_dir / "batch", sudoku.to_tokens(puzzles),
-                                jobs=args.threads)
-            halted = run_batch(built.out_dir / "batch", sudoku.to_tokens(puzzles), halt=True,
-                               jobs=args.threads)
-        final = np.stack([r["tokens"][-1] for r in records])
-        cell = (final == labels).mean()
-        exact = (final == labels).all(axis=1).mean()
-        print(f"INT{bits} w/INT8 a  cell {100 * cell:.2f}%  puzzle-exact {100 * exact:.2f}%  "
+            built = build(args.model, "host", bits, Path(tmp) / "host", args.calibration,
+                          public_config=args.public_config)
+            records = run_batch(built.out_dir / "batch", inputs, jobs=args.threads,
+                                puzzle_ids=ids)
+            halted = run_batch(built.out_dir / "batch", inputs, halt=True, jobs=args.threads,
+                               puzzle_ids=ids)
+        cell, exact = score(records)
+        print(f"INT{bits} w/INT8 a  cell {cell:.2f}%  puzzle-exact {exact:.2f}%  "
               "(host build of the generated C)")
-        final = np.stack([r["tokens"][-1] for r in halted])
+        cell, exact = score(halted)
         steps_used = np.mean([r["steps_used"] for r in halted])
-        print(f"  with halting at q_halt > 0: cell {100 * (final == labels).mean():.2f}%  "
-              f"puzzle-exact {100 * (final == labels).all(axis=1).mean():.2f}%  "
+        print(f"  with halting at q_halt > 0: cell {cell:.2f}%  puzzle-exact {exact:.2f}%  "
               f"mean steps {steps_used:.2f}")
     return 0
 
 
 def cmd_puzzles(args) -> int:
-    from . import sudoku
+    from . import sudoku, tasks
 
     if args.count < 1:
         raise UserError(f"--count {args.count} is invalid; use 1 or more")
@@ -155,22 +180,56 @@ def cmd_puzzles(args) -> int:
         raise UserError(f"--out {str(out)!r} is a folder; pass a file name")
     if not out.parent.is_dir():
         raise UserError(f"folder {str(out.parent)!r} of --out does not exist; create it first")
-    puzzles, solutions = sudoku.generate(args.count, args.seed, args.min_blanks, args.max_blanks)
+    seq_len = args.size * args.size if args.task == "maze" else None
+    task = tasks.get_task(args.task, seq_len)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"# {args.count} Sudoku puzzles, seed {args.seed}, "
-                    f"{args.min_blanks}..{args.max_blanks} blanks; puzzle,solution per line\n")
-            for p, s in zip(puzzles, solutions):
-                f.write(f"{sudoku.format_grid(p)},{sudoku.format_grid(s)}\n")
+            if task.name == "sudoku":
+                puzzles, solutions = sudoku.generate(args.count, args.seed, args.min_blanks,
+                                                     args.max_blanks)
+                f.write(f"# {args.count} Sudoku puzzles, seed {args.seed}, "
+                        f"{args.min_blanks}..{args.max_blanks} blanks; puzzle,solution per line\n")
+                for p, s in zip(puzzles, solutions):
+                    f.write(f"{sudoku.format_grid(p)},{sudoku.format_grid(s)}\n")
+            else:
+                inputs, _, _ = task.generate(args.count, args.seed)
+                if task.name == "maze":
+                    f.write(f"; {args.count} mazes {args.size}x{args.size}, seed {args.seed}\n")
+                f.write("\n\n".join(task.format_puzzle(row) for row in inputs) + "\n")
         tmp.replace(out)
     except OSError as err:
         raise UserError(f"cannot write {str(out)!r}: {err.strerror}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-    print(f"wrote {args.count} puzzles to {out}")
+    print(f"wrote {args.count} {task.name} puzzles to {out}")
     return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from . import frontend, onnx_io
+
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise UserError(f"--out {str(out)!r} must be a file in an existing folder")
+    model = frontend.load_model(args.model, args.public_config)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        onnx_io.export_step(model, tmp, opset=args.opset)
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"wrote one recursion step of {model.config.arch.upper()} "
+          f"({model.config.task}) to {out}, opset {args.opset}")
+    return 0
+
+
+MODEL_HELP = ("zoo name (sudoku-mlp, sudoku-att, maze-att, hrm-sudoku), a .safetensors "
+              "checkpoint, a .onnx recursion step, or a public TRM/HRM checkpoint; "
+              "default: sudoku-mlp")
+PUBLIC_HELP = "YAML config of a public TRM/HRM checkpoint (default: all_config.yaml beside it)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,13 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="quantize, emit C and build firmware for a board")
     p.add_argument("--board", required=True, help="board name: stm32h7, mps2-an500 or host")
     p.add_argument("--bits", type=int, choices=(4, 8), default=8, help="weight bits (default 8)")
-    p.add_argument("--model", help="checkpoint (.safetensors); default: the shipped model")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--public-config", help=PUBLIC_HELP)
+    p.add_argument("--task", choices=("sudoku", "maze", "arc"),
+                   help="check that the model was made for this task")
     p.add_argument("--out", help="output folder (default build/BOARD)")
     p.add_argument("--calibration", type=int, default=64, help="calibration puzzles")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("run", help="solve puzzles on the host build, in QEMU or on a board")
-    p.add_argument("puzzles", help="puzzle file: 81 characters per line, '.' or '0' blank")
+    p.add_argument("puzzles", help="puzzle file: Sudoku lines of 81 characters, mazes as grids "
+                   "of '# SGo.', or ARC JSON")
+    p.add_argument("--task", choices=("sudoku", "maze", "arc"),
+                   help="task of the puzzles (default: the build's task)")
+    p.add_argument("--puzzle-id", type=int, default=0,
+                   help="row of the puzzle-embedding table for every puzzle (default 0)")
     p.add_argument("--board", default="mps2-an500", help="board of the build (default mps2-an500)")
     p.add_argument("--build", help="build folder (default build/BOARD)")
     p.add_argument("--port", help="serial device of a real board, e.g. /dev/ttyACM0")
@@ -220,24 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="accuracy in fp32 and of the integer model on held-out puzzles")
-    p.add_argument("--model", help="checkpoint (.safetensors); default: the shipped model")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--public-config", help=PUBLIC_HELP)
     p.add_argument("--puzzles", type=int, default=1000, help="held-out puzzles")
     p.add_argument("--seed", type=int, default=2, help="seed of the held-out puzzles (test split: 2)")
-    p.add_argument("--min-blanks", type=int, default=30)
-    p.add_argument("--max-blanks", type=int, default=45)
     p.add_argument("--bits", type=int, nargs="*", choices=(4, 8), default=[8, 4],
                    help="weight bits to evaluate on the host build")
     p.add_argument("--calibration", type=int, default=64, help="calibration puzzles")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("puzzles", help="write generated puzzles (with solutions) to a file")
+    p = sub.add_parser("puzzles", help="write generated puzzles to a file")
     p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--task", choices=("sudoku", "maze", "arc"), default="sudoku")
+    p.add_argument("--size", type=int, default=9, help="maze side N, 9..30 (default 9)")
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--seed", type=int, default=2, help="seed (2 is the test split)")
     p.add_argument("--min-blanks", type=int, default=30)
     p.add_argument("--max-blanks", type=int, default=45)
     p.set_defaults(func=cmd_puzzles)
+
+    p = sub.add_parser("export-onnx", help="write one recursion step as ONNX")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--public-config", help=PUBLIC_HELP)
+    p.add_argument("--out", required=True, help="file to write (.onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export_onnx)
     return parser
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import calibrate, sudoku
+from . import calibrate
 from .calibrate import Stats
 from .config import TRMConfig
 from .fixedpoint import (INT8_MAX, INT16_MAX, PROB_BITS, quantize_multiplier, rope_q14,
@@ -236,7 +236,8 @@ def make_attention(node, positions: int, s_q: float, s_k: float, s_v: float,
 
 
 def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
-                   calibration_tokens: np.ndarray | None = None) -> QModel:
+                   calibration_tokens: np.ndarray | None = None,
+                   calibration_ids: np.ndarray | None = None) -> QModel:
     """Trace, calibrate and quantize `model`; weights INT8 or INT4, activations INT8."""
     if bits not in (4, 8):
         raise ValueError(f"--bits {bits} is not supported; use 4 or 8")
@@ -252,11 +253,11 @@ def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
             raise ValueError(f"block {layer} differs in structure from block 0; rrgen emits "
                              "one block body for every layer")
     if calibration_tokens is None:
-        puzzles, _ = sudoku.generate(calibration_puzzles, sudoku.CALIBRATION_SEED)
-        calibration_tokens = sudoku.to_tokens(puzzles)
+        calibration_tokens, calibration_ids = calibrate.calibration_data(cfg, calibration_puzzles)
     log.info("calibrating on %d puzzles x %d supervision steps", len(calibration_tokens),
              cfg.halt_max_steps)
-    stats = calibrate.collect(model, graph, torch.from_numpy(calibration_tokens))
+    ids = None if calibration_ids is None else torch.from_numpy(np.asarray(calibration_ids))
+    stats = calibrate.collect(model, graph, torch.from_numpy(calibration_tokens), puzzle_ids=ids)
     return quantize_with_stats(model, graph, stats, bits)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import reference, sudoku
+from . import maze, reference, sudoku, tasks
 from .build import BuildError, load_build
 from .client import Client, ProcessPort, open_serial
 from .qemu import run_qemu
@@ -107,9 +107,48 @@ def open_device(build_dir: Path | None, port: str | None, icount: bool = False,
         yield client
 
 
-def run_puzzles(client: Client, grids: np.ndarray, qm=None, max_steps: int = 0,
-                halt: bool = False, printer=print) -> RunSummary:
-    """Solve every grid on the device; with `qm`, check every step against the reference."""
+def expected_answer(task_name: str, tokens: np.ndarray) -> np.ndarray | None:
+    """The unique answer (tokens) of one puzzle, or None when the task has no solver here."""
+    if task_name == "sudoku":
+        solution = sudoku.solve(sudoku.from_tokens(tokens))
+        return None if solution is None else sudoku.to_tokens(solution)
+    if task_name == "maze":
+        side = int(round(len(tokens) ** 0.5))
+        grid = tokens.reshape(side, side)
+        try:
+            if maze.count_shortest_paths(grid) != 1:
+                return None
+            return maze.solve(grid).reshape(-1)
+        except ValueError:
+            return None
+    return None
+
+
+def verdict(task_name: str, tokens: np.ndarray, answer: np.ndarray,
+            expected: np.ndarray | None) -> tuple[str, int | None]:
+    """A short judgement of one answer, and the number of right cells (None if unknown)."""
+    if expected is not None:
+        supervised = expected != 0
+        right = int(((answer == expected) & supervised).sum())
+        wrong = int(supervised.sum()) - right
+        return ("solved" if wrong == 0 else f"wrong ({wrong} cells)"), right
+    if task_name == "sudoku":
+        grid, digits = sudoku.from_tokens(tokens), sudoku.from_tokens(answer)
+        keeps_givens = bool(np.all((grid == 0) | (digits == grid)))
+        if sudoku.is_valid_solution(digits) and keeps_givens:
+            return "a valid solution (the puzzle has no unique solution)", None
+        return "invalid (the puzzle has no unique solution to compare with)", None
+    return "no reference answer to compare with", None
+
+
+def run_puzzles(client: Client, tokens: np.ndarray, qm=None, max_steps: int = 0,
+                halt: bool = False, printer=print, task=None,
+                puzzle_ids: np.ndarray | None = None) -> RunSummary:
+    """Solve every puzzle (tokens [N, seq_len]) on the device; with `qm`, check every step.
+
+    task: a tasks.Task for reading answers (default Sudoku).
+    """
+    task = task or tasks.get_task("sudoku")
     summary = RunSummary()
     device = client.info()
     printer(f"device: model {device.name!r} id 0x{device.model_id:08x}, INT{device.weight_bits} "
@@ -117,34 +156,33 @@ def run_puzzles(client: Client, grids: np.ndarray, qm=None, max_steps: int = 0,
     if qm is not None and device.model_id != qm.model_id():
         raise BuildError(f"device runs model id 0x{device.model_id:08x}, the build folder contains "
                          f"0x{qm.model_id():08x}; flash the firmware of this build")
-    for index, grid in enumerate(grids):
-        tokens = sudoku.to_tokens(grid[None])[0]
-        result, traces = client.solve(tokens.astype(np.uint8), max_steps=max_steps, halt=halt,
-                                      trace=qm is not None)
+    ids = np.zeros(len(tokens), dtype=np.int64) if puzzle_ids is None else puzzle_ids
+    for index, puzzle in enumerate(np.asarray(tokens, dtype=np.int64)):
+        result, traces = client.solve(puzzle.astype(np.uint8), puzzle_id=int(ids[index]),
+                                      max_steps=max_steps, halt=halt, trace=qm is not None)
         answer = np.frombuffer(bytes(result.tokens), dtype=np.uint8).astype(np.int64)
-        solution = sudoku.solve(grid)
         summary.puzzles += 1
         summary.cycles.append(result.cycles)
         summary.steps_used.append(result.steps_used)
-        digits = sudoku.from_tokens(answer)
-        if solution is not None:
-            right = int((digits == solution).sum())
+        expected = expected_answer(task.name, puzzle)
+        text, right = verdict(task.name, puzzle, answer, expected)
+        if right is not None:
+            cells = int((expected != 0).sum())
             summary.cells_right += right
-            summary.cells += 81
-            summary.exact += int(right == 81)
-            verdict = "solved" if right == 81 else f"wrong ({81 - right} cells)"
+            summary.cells += cells
+            summary.exact += int(right == cells)
+        where = f"{result.steps_used} steps, {result.cycles} cycles"
+        if task.name == "sudoku":
+            printer(f"puzzle {index + 1}: {sudoku.format_grid(sudoku.from_tokens(puzzle))}")
+            printer(f"  answer   {sudoku.format_grid(sudoku.from_tokens(answer))}  {text}, {where}")
         else:
-            keeps_givens = bool(np.all((grid == 0) | (digits == grid)))
-            if sudoku.is_valid_solution(digits) and keeps_givens:
-                verdict = "a valid solution (the puzzle has no unique solution)"
-            else:
-                verdict = "invalid (the puzzle has no unique solution to compare with)"
-        printer(f"puzzle {index + 1}: {sudoku.format_grid(grid)}")
-        printer(f"  answer   {sudoku.format_grid(digits)}  {verdict}, {result.steps_used} steps, "
-                f"{result.cycles} cycles")
+            printer(f"puzzle {index + 1}: {text}, {where}")
+            printer(task.format_answer(answer))
 
         if qm is not None:
-            ref = reference.solve(qm, tokens[None], max_steps=max_steps, halt=halt)
+            tokens_one = puzzle
+            ref = reference.solve(qm, tokens_one[None], ids[index:index + 1],
+                                  max_steps=max_steps, halt=halt)
             problems = []
             if result.steps_used != int(ref.steps_used[0]):
                 problems.append(Mismatch(index, 0, "steps used", 0, result.steps_used,
@@ -173,26 +211,28 @@ def run_puzzles(client: Client, grids: np.ndarray, qm=None, max_steps: int = 0,
 
 
 def run_batch(batch: Path, tokens: np.ndarray, carry_bytes: int = 0, max_steps: int = 0,
-              halt: bool = False, jobs: int = 1) -> list[dict]:
+              halt: bool = False, jobs: int = 1, puzzle_ids: np.ndarray | None = None) -> list[dict]:
     """Run the host build's bulk runner (firmware/host/batch_main.c) on tokens [B, seq_len].
 
     With carry_bytes > 0 (positions * hidden) the carry y and z come back after every step.
     jobs > 1 splits the puzzles over that many processes. Returns one dict per puzzle:
     status, steps_used and per-step tokens, q_halt, y, z.
     """
+    ids = np.zeros(len(tokens), dtype=np.int64) if puzzle_ids is None else np.asarray(puzzle_ids)
     if jobs > 1 and len(tokens) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
-        chunks = np.array_split(tokens, min(jobs, len(tokens)))
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            parts = pool.map(lambda chunk: run_batch(batch, chunk, carry_bytes, max_steps, halt),
-                             chunks)
+        parts_n = min(jobs, len(tokens))
+        chunks = zip(np.array_split(tokens, parts_n), np.array_split(ids, parts_n))
+        with ThreadPoolExecutor(parts_n) as pool:
+            parts = pool.map(lambda c: run_batch(batch, c[0], carry_bytes, max_steps, halt,
+                                                 puzzle_ids=c[1]), chunks)
         return [record for part in parts for record in part]
     count, seq_len = tokens.shape
     trace = carry_bytes > 0
     payload = bytearray(struct.pack("<IBB", count, max_steps, int(halt) | (int(trace) << 1)))
     for i in range(count):
-        payload += struct.pack("<I", 0) + tokens[i].astype(np.uint8).tobytes()
+        payload += struct.pack("<I", int(ids[i])) + tokens[i].astype(np.uint8).tobytes()
     done = subprocess.run([str(batch)], input=bytes(payload), capture_output=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{batch} failed with status {done.returncode}: "

@@ -18,6 +18,9 @@ from . import arc, maze, sudoku
 
 TASKS = ("sudoku", "maze", "arc")
 
+# Seeds of the generated splits, the same for every task.
+TRAIN_SEED, TEST_SEED, CALIBRATION_SEED = 1, 2, 3
+
 # Blank-count range of generated Sudoku puzzles, the defaults of sudoku.generate.
 SUDOKU_MIN_BLANKS = 30
 SUDOKU_MAX_BLANKS = 45

@@ -50,8 +50,7 @@ def lr_at(step: int, opts: TrainOptions) -> float:
     return opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-# Seeds of the generated splits, the same for every task.
-TRAIN_SEED, TEST_SEED, CALIBRATION_SEED = 1, 2, 3
+TRAIN_SEED, TEST_SEED = tasks.TRAIN_SEED, tasks.TEST_SEED
 
 
 def scores(pred: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

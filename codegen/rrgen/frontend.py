@@ -1,0 +1,39 @@
+"""Frontends: every way a model enters rrgen, resolved to one PyTorch TRM.
+
+First stage of the pipeline (model -> quantize -> trace -> plan -> emit -> build -> run).
+`--model` accepts:
+- a zoo name (sudoku-mlp, sudoku-att, maze-att, hrm-sudoku): its shipped checkpoint;
+- a `.safetensors` checkpoint written by `python -m rrgen train`;
+- a `.onnx` recursion step (onnx_io.import_step), from rrgen or another framework;
+- a checkpoint of the public TRM or HRM code (public_import.load_public), chosen by
+  `--public-config YAML` or by any other file suffix (the public code writes `step_N`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import checkpoint, zoo
+from .model import TRM
+
+
+def load_model(spec: str | Path | None, public_config: str | Path | None = None) -> TRM:
+    """Load the model named by a `--model` value; None is the shipped default."""
+    if spec is not None and str(spec) in zoo.ZOO:
+        path = zoo.checkpoint_path(str(spec))
+        if not path.is_file():
+            raise checkpoint.CheckpointError(
+                f"zoo model {spec!r} has no shipped checkpoint at {path}; train one with "
+                f"`python -m rrgen train --arch {spec} --out FILE` and pass --model FILE")
+        return checkpoint.load(path)
+    path = zoo.resolve(None if spec is None else str(spec))
+    if public_config is not None:
+        from .public_import import load_public
+        return load_public(path, public_config)
+    if path.suffix == ".onnx":
+        from .onnx_io import import_step
+        return import_step(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return checkpoint.load(path)   # also names a missing file or a folder clearly
+    from .public_import import load_public
+    return load_public(path)
