@@ -233,7 +233,7 @@ def build_harness(folder, linear_kind: str):
         pytest.fail("gcc not found on PATH; install the Debian package gcc")
     kernels = environment().get_template("kernels.c.j2").render(
         banner="/* rendered by tests/test_kernels.py */", linear_kinds=[linear_kind],
-        max_features=MAX_FEATURES)
+        max_features=MAX_FEATURES, has_attention=False)
     (folder / "kernels.c").write_text(kernels, encoding="utf-8")
     (folder / "harness.c").write_text(HARNESS_C, encoding="utf-8")
     executable = folder / "harness"

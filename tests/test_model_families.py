@@ -1,8 +1,8 @@
 """Every model family and task of the zoo, built and checked bit-exactly.
 
 Families: TRM with attention and RoPE (Sudoku), HRM (separate H and L stacks, one prefix
-position), and TRM-attention on 9x9 mazes. Each tiny seeded model is built for the host
-and for mps2-an500; the host build runs 60 puzzles and QEMU one puzzle, and the tokens,
+position), TRM-attention on 9x9 mazes, and on ARC grids (30x30, an 8-row puzzle table). Each tiny seeded model is built for the host
+and for mps2-an500; the host build runs 60 puzzles (ARC: 4) and QEMU one puzzle, and the tokens,
 halt logit and carry y and z after every step must equal reference.solve byte for byte.
 The integer attention kernel is also compared with float attention, so a kernel that
 agrees with the reference but computes the wrong thing fails too.
@@ -32,7 +32,12 @@ TINY_ATT = TRMConfig(hidden_size=32, expansion=2.0, L_layers=2, H_cycles=1, L_cy
                      mlp_t=False, num_heads=2, pos_encodings="rope")
 TINY_HRM = dataclasses.replace(TINY_ATT, arch="hrm", L_layers=1, H_layers=2, puzzle_emb_len=1)
 TINY_MAZE = dataclasses.replace(TINY_ATT, task="maze", vocab_size=6)
-FAMILIES = {"attention": TINY_ATT, "hrm": TINY_HRM, "maze-attention": TINY_MAZE}
+TINY_ARC = dataclasses.replace(TINY_ATT, task="arc", vocab_size=12, seq_len=900,
+                               num_puzzle_identifiers=8, hidden_size=16, L_layers=1)
+FAMILIES = {"attention": TINY_ATT, "hrm": TINY_HRM, "maze-attention": TINY_MAZE,
+            "arc-attention": TINY_ARC}
+# ARC carries 916 positions: a few puzzles keep the numpy reference small.
+PUZZLES = {"arc-attention": 4}
 
 needs_arm = pytest.mark.skipif(
     shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
@@ -55,9 +60,10 @@ def make_family(name: str, folder) -> dict:
     path = folder / "model.safetensors"
     checkpoint.save(make_model(config), path)
     task = tasks.get_task(config.task, config.seq_len)
-    inputs, labels, _ = task.generate(60, 11)
+    inputs, labels, _ = task.generate(PUZZLES.get(name, 60), 11)
+    ids = np.arange(len(inputs)) % config.num_puzzle_identifiers
     return {"name": name, "config": config, "path": path, "folder": folder,
-            "task": task, "inputs": inputs}
+            "task": task, "inputs": inputs, "ids": ids}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -70,11 +76,12 @@ def maze_family(tmp_path_factory):
     return make_family("maze-attention", tmp_path_factory.mktemp("maze-cli"))
 
 
-def check_every_step(result, tokens, halt=False) -> int:
+def check_every_step(result, tokens, ids, halt=False) -> int:
     qm = result.qmodel
     carry = qm.config.positions * qm.config.hidden_size
-    records = run_batch(result.out_dir / "batch", tokens, carry_bytes=carry, halt=halt)
-    ref = reference.solve(qm, tokens, halt=halt)
+    records = run_batch(result.out_dir / "batch", tokens, carry_bytes=carry, halt=halt,
+                        puzzle_ids=ids)
+    ref = reference.solve(qm, tokens, ids, halt=halt)
     checked = 0
     for i, record in enumerate(records):
         assert record["status"] == 0
@@ -93,9 +100,11 @@ def check_every_step(result, tokens, halt=False) -> int:
 def test_host_build_matches_reference_every_step(family, bits):
     result = build(family["path"], "host", bits, family["folder"] / f"host-int{bits}",
                    calibration_puzzles=8)
-    steps = check_every_step(result, family["inputs"])
+    steps = check_every_step(result, family["inputs"], family["ids"])
     assert steps == len(family["inputs"]) * family["config"].halt_max_steps
-    assert check_every_step(result, family["inputs"][:20], halt=True) >= 20
+    count = min(20, len(family["inputs"]))
+    assert check_every_step(result, family["inputs"][:count], family["ids"][:count],
+                            halt=True) >= count
 
 
 @needs_arm
@@ -106,8 +115,9 @@ def test_qemu_build_matches_reference(family):
     with run_qemu(result.out_dir / "firmware.elf", "mps2-an500") as session:
         client = Client(session.port, timeout=300.0)
         client.wait_ready(timeout=30.0)
-        summary = run_puzzles(client, family["inputs"][:1], result.qmodel,
-                              printer=lines.append, task=family["task"])
+        summary = run_puzzles(client, family["inputs"][-1:], result.qmodel,
+                              printer=lines.append, task=family["task"],
+                              puzzle_ids=family["ids"][-1:])
     assert summary.mismatches == [], "\n".join(lines)
     assert summary.steps_checked == family["config"].halt_max_steps
 

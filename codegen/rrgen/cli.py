@@ -226,7 +226,7 @@ def cmd_export_onnx(args) -> int:
     return 0
 
 
-MODEL_HELP = ("zoo name (sudoku-mlp, sudoku-att, maze-att, hrm-sudoku), a .safetensors "
+MODEL_HELP = ("zoo name (sudoku-mlp, sudoku-att, maze-att, hrm-maze), a .safetensors "
               "checkpoint, a .onnx recursion step, or a public TRM/HRM checkpoint; "
               "default: sudoku-mlp")
 PUBLIC_HELP = "YAML config of a public TRM/HRM checkpoint (default: all_config.yaml beside it)"
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="supervision steps (default 8)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--arch", default="sudoku-mlp",
-                   help="zoo configuration: sudoku-mlp, sudoku-att, maze-att or hrm-sudoku")
+                   help="zoo configuration: sudoku-mlp, sudoku-att, maze-att or hrm-maze")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("build", help="quantize, emit C and build firmware for a board")

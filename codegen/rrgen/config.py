@@ -127,6 +127,5 @@ SUDOKU_ATT_SMALL = dataclasses.replace(SUDOKU_SMALL, mlp_t=False, num_heads=2,
 MAZE_ATT_SMALL = TRMConfig(vocab_size=6, seq_len=81, hidden_size=64, H_cycles=2, L_cycles=3,
                            halt_max_steps=8, intermediate_multiple=32, mlp_t=False,
                            num_heads=2, pos_encodings="rope", task="maze")
-HRM_SUDOKU_SMALL = TRMConfig(hidden_size=64, H_cycles=2, L_cycles=2, L_layers=1, H_layers=1,
-                             puzzle_emb_len=1, halt_max_steps=8, intermediate_multiple=32,
-                             mlp_t=False, num_heads=2, pos_encodings="rope", arch="hrm")
+HRM_MAZE_SMALL = dataclasses.replace(MAZE_ATT_SMALL, arch="hrm", L_layers=1, H_layers=1,
+                                     L_cycles=2, puzzle_emb_len=1)

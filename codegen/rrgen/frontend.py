@@ -2,7 +2,7 @@
 
 First stage of the pipeline (model -> quantize -> trace -> plan -> emit -> build -> run).
 `--model` accepts:
-- a zoo name (sudoku-mlp, sudoku-att, maze-att, hrm-sudoku): its shipped checkpoint;
+- a zoo name (sudoku-mlp, sudoku-att, maze-att, hrm-maze): its shipped checkpoint;
 - a `.safetensors` checkpoint written by `python -m rrgen train`;
 - a `.onnx` recursion step (onnx_io.import_step), from rrgen or another framework;
 - a checkpoint of the public TRM or HRM code (public_import.load_public), chosen by

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import (HRM_SUDOKU_SMALL, MAZE_ATT_SMALL, SUDOKU_ATT_SMALL, SUDOKU_SMALL,
+from .config import (HRM_MAZE_SMALL, MAZE_ATT_SMALL, SUDOKU_ATT_SMALL, SUDOKU_SMALL,
                      TRMConfig)
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -18,7 +18,7 @@ ZOO: dict[str, tuple[TRMConfig, str]] = {
     "sudoku-mlp": (SUDOKU_SMALL, "sudoku_mlp_h64.safetensors"),
     "sudoku-att": (SUDOKU_ATT_SMALL, "sudoku_att_h64.safetensors"),
     "maze-att": (MAZE_ATT_SMALL, "maze9_att_h64.safetensors"),
-    "hrm-sudoku": (HRM_SUDOKU_SMALL, "sudoku_hrm_h64.safetensors"),
+    "hrm-maze": (HRM_MAZE_SMALL, "maze9_hrm_h64.safetensors"),
 }
 DEFAULT = "sudoku-mlp"
 
