@@ -16,7 +16,6 @@ import yaml
 
 from rrgen import checkpoint
 from rrgen.checkpoint import CheckpointError
-from rrgen.model import rope_tables
 from rrgen.public_import import convert, load_public
 
 PREFIX = "_orig_mod.model.inner."
@@ -90,13 +89,11 @@ def public_state_dict(settings: dict, seq_len: int = SEQ, seed: int = 0,
 
 
 def public_forward(sd: dict, settings: dict, inputs: torch.Tensor, puzzle_ids: torch.Tensor,
-                   steps: int, prefix: str = PREFIX,
-                   rope_tables=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                   steps: int, prefix: str = PREFIX) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(logits, q) after each of `steps` supervision steps, computed as the public code does.
 
     Written from the public TRM and HRM sources with forward_dtype float32, in eval mode
-    (no halting, every row runs all steps from H_init and L_init). `rope_tables`, if given,
-    replaces the public fp32 RoPE tables: (cos, sin) of [positions, head_dim].
+    (no halting, every row runs all steps from H_init and L_init).
     """
     def w(name):
         return sd[prefix + name].float()
@@ -125,8 +122,6 @@ def public_forward(sd: dict, settings: dict, inputs: torch.Tensor, puzzle_ids: t
     freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     cos_sin = (emb.cos(), emb.sin()) if settings["pos_encodings"] == "rope" else None
-    if cos_sin is not None and rope_tables is not None:
-        cos_sin = rope_tables
 
     def attention(x, name):
         batch, seq, _ = x.shape
@@ -221,10 +216,9 @@ def write_checkpoint(folder, state_dict, settings, wrapped: bool = False):
 
 
 def assert_matches_public(model, state_dict, settings, steps=3, prefix=PREFIX,
-                          tolerance=1e-6, rope_tables=None):
+                          tolerance=1e-6):
     inputs, puzzle_ids = random_batch(model.config.seq_len)
-    expected = public_forward(state_dict, settings, inputs, puzzle_ids, steps, prefix,
-                              rope_tables)
+    expected = public_forward(state_dict, settings, inputs, puzzle_ids, steps, prefix)
     actual = rrgen_forward(model, inputs, puzzle_ids, steps)
     for step, ((logits, q), (want_logits, want_q)) in enumerate(zip(actual, expected)):
         assert logits.shape == want_logits.shape == (3, model.config.seq_len, VOCAB)
@@ -259,12 +253,8 @@ def test_trm_attention_rope_matches_public_forward(tmp_path):
 
     assert model.config.pos_encodings == "rope"
     assert model.config.puzzle_emb_len == 4
-    # rrgen computes the RoPE tables in float64 and the public code in float32. The tables
-    # differ by about 2e-7, which grows to about 4e-5 in the logits after a few steps.
-    assert_matches_public(model, sd, settings, tolerance=2e-4)
-    # With rrgen's own tables the rest of the computation matches to rounding.
-    tables = rope_tables(model.config.positions, HIDDEN // HEADS, 10000.0)
-    assert_matches_public(model, sd, settings, rope_tables=tables)
+    # Both compute the RoPE tables in float32, so the logits agree to rounding.
+    assert_matches_public(model, sd, settings)
 
 
 def test_hrm_matches_public_forward(tmp_path):
@@ -279,9 +269,7 @@ def test_hrm_matches_public_forward(tmp_path):
     assert model.config.arch == "hrm"
     assert model.config.puzzle_emb_len == 1
     assert model.config.H_layers == 2
-    assert_matches_public(model, sd, settings, prefix="model.inner.", tolerance=2e-4)
-    tables = rope_tables(model.config.positions, HIDDEN // HEADS, 10000.0)
-    assert_matches_public(model, sd, settings, prefix="model.inner.", rope_tables=tables)
+    assert_matches_public(model, sd, settings, prefix="model.inner.")
 
 
 def test_inferred_config_fields(tmp_path):

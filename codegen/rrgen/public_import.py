@@ -16,9 +16,7 @@ are accepted too) and the rest maps to rrgen's `TRM` like this:
 The RoPE tables and the training buffers of the sparse puzzle embedding are non-persistent in
 the public code. A file that contains them anyway loads, and they are skipped because rrgen
 recomputes RoPE from the config. All tensors are converted to fp32, the bf16 H_init and
-L_init exactly. NOTE: rrgen computes the RoPE tables in float64 and the public code in
-float32. So an imported attention model's logits differ from a public fp32 forward pass by
-up to about 4e-5 (measured on a tiny model over 6 steps), and the MLP variant matches exactly.
+L_init exactly. rrgen computes the float RoPE tables in float32 as the public code does.
 
 The arch settings come from YAML: an arch file such as `config/arch/trm.yaml` (the
 `${.hidden_size}` interpolation is resolved) or the `arch:` section of `all_config.yaml`.
