@@ -179,3 +179,33 @@ def test_run_reads_a_maze_file_and_prints_grids(maze_family, capsys):
     assert "bit-exact check passed: 6 steps of 2 puzzles" in text
     grid_lines = [line for line in text.splitlines() if len(line) == 9 and set(line) <= set("# SGo?")]
     assert len(grid_lines) == 18      # two answers drawn as 9 rows each
+
+
+def test_onnx_step_builds_to_the_same_integer_model(maze_family, capsys):
+    """export-onnx, then build --model step.onnx: the same weights, so the same model id."""
+    folder = maze_family["folder"]
+    step = folder / "step.onnx"
+    assert cli.main(["export-onnx", "--model", str(maze_family["path"]), "--out", str(step)]) == 0
+    direct = build(maze_family["path"], "host", 8, folder / "from-checkpoint", calibration_puzzles=4)
+    assert cli.main(["build", "--board", "host", "--model", str(step), "--out",
+                     str(folder / "from-onnx"), "--calibration", "4"]) == 0
+    assert f"model 0x{direct.qmodel.model_id():08x}" in capsys.readouterr().out
+
+
+def test_public_checkpoint_builds_and_runs_bit_exact(tmp_path, capsys):
+    """A public-code HRM checkpoint (synthetic, public key names) through build and run."""
+    from test_public_import import HRM_NAME, arch_settings, public_state_dict, write_checkpoint
+
+    settings = arch_settings(name=HRM_NAME, H_layers=1, L_layers=1, H_cycles=1, L_cycles=2)
+    del settings["puzzle_emb_len"], settings["mlp_t"], settings["no_ACT_continue"]
+    sd = public_state_dict(settings, seq_len=81, prefix="model.inner.")
+    path, config = write_checkpoint(tmp_path, sd, settings)
+    out = tmp_path / "host"
+    assert cli.main(["build", "--board", "host", "--model", str(path), "--public-config",
+                     str(config), "--out", str(out), "--calibration", "4", "--task", "sudoku"]) == 0
+    puzzles = tmp_path / "sudoku.txt"
+    assert cli.main(["puzzles", "--out", str(puzzles), "--count", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", "--board", "host", "--build", str(out), str(puzzles), "--check",
+                     "--max-steps", "2"]) == 0
+    assert "bit-exact check passed: 4 steps of 2 puzzles" in capsys.readouterr().out
