@@ -1,9 +1,10 @@
 """Every model family and task of the zoo, built and checked bit-exactly.
 
 Families: TRM with attention and RoPE (Sudoku), HRM (separate H and L stacks, one prefix
-position), TRM-attention on 9x9 mazes, and on ARC grids (30x30, an 8-row puzzle table). Each tiny seeded model is built for the host
-and for mps2-an500; the host build runs 60 puzzles (ARC: 4) and QEMU one puzzle, and the tokens,
-halt logit and carry y and z after every step must equal reference.solve byte for byte.
+position), TRM-attention on 9x9 mazes, and on ARC grids (30x30, an 8-row puzzle table).
+Each tiny seeded model is built for the host and for mps2-an500. The host build runs 60
+puzzles (ARC: 4) and QEMU one puzzle. The tokens, halt logit and carry y and z after
+every step must equal reference.solve byte for byte.
 The integer attention kernel is also compared with float attention, so a kernel that
 agrees with the reference but computes the wrong thing fails too.
 
@@ -125,7 +126,8 @@ def test_qemu_build_matches_reference(family):
 def test_hrm_uses_separate_networks():
     model = make_model(TINY_HRM)
     net_l, net_h = model.nets
-    assert net_l is not net_h and len(net_h.layers) == 2
+    assert net_l is not net_h
+    assert len(net_h.layers) == 2
     assert [list(r) for r in calibrate.net_layers(TINY_HRM)] == [[0], [1, 2]]
     assert [list(r) for r in calibrate.net_layers(TINY_ATT)] == [[0, 1], [0, 1]]
 
@@ -152,12 +154,13 @@ def test_integer_attention_tracks_float_attention():
     params = make_attention(node, positions, s_q, s_k, s_v, s_out, "test")
     got = reference.attention(qkv, params) * s_out
     error = np.abs(got - want)
-    assert error.max() < 2 * s_out and error.mean() < 0.5 * s_out
+    assert error.max() < 2 * s_out
+    assert error.mean() < 0.5 * s_out
     assert params.cos.shape == (positions, dim // 2)
     assert np.array_equal(rope_q14(positions, dim, 10000.0, False)[1], np.zeros((positions, dim // 2)))
 
 
-def test_build_rejects_a_task_the_model_was_not_made_for(maze_family):
+def test_build_rejects_wrong_task(maze_family):
     family = maze_family
     with pytest.raises(BuildError, match=r"--task sudoku does not match the model.*'maze'"):
         build(family["path"], "host", 8, family["folder"] / "wrong-task", calibration_puzzles=2,
@@ -178,7 +181,7 @@ def test_run_reads_a_maze_file_and_prints_grids(maze_family, capsys):
     text = capsys.readouterr().out
     assert "bit-exact check passed: 6 steps of 2 puzzles" in text
     grid_lines = [line for line in text.splitlines() if len(line) == 9 and set(line) <= set("# SGo?")]
-    assert len(grid_lines) == 18      # two answers drawn as 9 rows each
+    assert len(grid_lines) == 18      # two predicted grids of 9 rows each
 
 
 def test_onnx_step_builds_to_the_same_integer_model(maze_family, capsys):

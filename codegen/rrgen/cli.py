@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log each pipeline stage")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a Sudoku TRM on the CPU and save a checkpoint")
+    p = sub.add_parser("train", help="train a zoo configuration (Sudoku or Maze) on the CPU")
     p.add_argument("--out", required=True, help="checkpoint path to write (.safetensors)")
     p.add_argument("--steps", type=int, default=6000, help="optimizer steps")
     p.add_argument("--batch", type=int, default=128, help="puzzles per optimizer step")
