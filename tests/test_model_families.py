@@ -181,7 +181,7 @@ def test_run_reads_a_maze_file_and_prints_grids(maze_family, capsys):
     text = capsys.readouterr().out
     assert "bit-exact check passed: 6 steps of 2 puzzles" in text
     grid_lines = [line for line in text.splitlines() if len(line) == 9 and set(line) <= set("# SGo?")]
-    assert len(grid_lines) == 18      # two predicted grids of 9 rows each
+    assert len(grid_lines) == 36      # two puzzles and two predicted grids, 9 rows each
 
 
 def test_onnx_step_builds_to_the_same_integer_model(maze_family, capsys):

@@ -181,7 +181,7 @@ def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: st
     if calibration_puzzles < 1:
         raise BuildError(f"--calibration {calibration_puzzles} is invalid; use 1 or more puzzles")
     check_out_dir(Path(out_dir))
-    model = frontend.load_model(model_path, public_config)
+    model = frontend.load_model(model_path, public_config, task)
     model_path = Path(model.source_path)
     if task is not None and task != model.config.task:
         raise BuildError(f"--task {task} does not match the model, which was made for "
@@ -234,6 +234,7 @@ def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: st
         (staging / "build.json").write_text(json.dumps({
             "model": str(model_path.resolve()), "bits": bits, "board": board.name,
             "task": qm.config.task, "seq_len": qm.config.seq_len,
+            "num_puzzle_identifiers": qm.config.num_puzzle_identifiers,
             "calibration_puzzles": calibration_puzzles, "model_id": qm.model_id(),
             "firmware": "firmware" if board.is_host else "firmware.elf",
             "qemu_machine": board.qemu_machine}, indent=2) + "\n")

@@ -29,6 +29,9 @@ def cmd_train(args) -> int:
     from .train import TrainOptions, train
 
     torch.set_num_threads(args.threads)
+    if Path(args.out).suffix != ".safetensors":
+        raise UserError(f"--out {args.out!r} must end in .safetensors, the checkpoint format "
+                        "that train writes")
     overrides = {k: v for k, v in {"hidden_size": args.hidden, "H_cycles": args.h_cycles,
                                    "L_cycles": args.l_cycles,
                                    "halt_max_steps": args.max_steps}.items() if v is not None}
@@ -90,7 +93,15 @@ def cmd_run(args) -> int:
                             f"which is for {built!r}; pass --task {built} or another --build")
         task_name, seq_len = built, info.get("seq_len")
     task = tasks.get_task(task_name or "sudoku", seq_len)
-    tokens = task.read_puzzle_file(args.puzzles)
+    try:
+        tokens = task.read_puzzle_file(args.puzzles)
+    except ValueError as err:
+        raise UserError(f"{err} (the build is for {task.name} puzzles; the README describes "
+                        "each task's file format)") from None
+    table = info.get("num_puzzle_identifiers") if info is not None else None
+    if table is not None and args.puzzle_id >= table:
+        raise UserError(f"--puzzle-id {args.puzzle_id} is out of range; the model's puzzle "
+                        f"table has rows 0..{table - 1}")
     if args.limit:
         tokens = tokens[:args.limit]
     qm = None
@@ -99,9 +110,6 @@ def cmd_run(args) -> int:
             raise UserError("--check with --port needs --build DIR, the folder the board's "
                             "firmware was built into")
         qm = load_reference(info)
-        if args.puzzle_id >= qm.config.num_puzzle_identifiers:
-            raise UserError(f"--puzzle-id {args.puzzle_id} is out of range; the model has "
-                            f"{qm.config.num_puzzle_identifiers} puzzle identifiers")
     ids = np.full(len(tokens), args.puzzle_id, dtype=np.int64)
     with open_device(None if args.port else build_dir, args.port, icount=args.icount,
                      board=args.board) as client:

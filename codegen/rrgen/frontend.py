@@ -17,8 +17,12 @@ from . import checkpoint, zoo
 from .model import TRM
 
 
-def load_model(spec: str | Path | None, public_config: str | Path | None = None) -> TRM:
-    """Load the model named by a `--model` value; None is the shipped default."""
+def load_model(spec: str | Path | None, public_config: str | Path | None = None,
+               task: str | None = None) -> TRM:
+    """Load the model named by a `--model` value; None is the shipped default.
+
+    task is used only by public checkpoints, whose vocabulary may not name the task.
+    """
     if spec is not None and str(spec) in zoo.ZOO:
         path = zoo.checkpoint_path(str(spec))
         if not path.is_file():
@@ -27,13 +31,18 @@ def load_model(spec: str | Path | None, public_config: str | Path | None = None)
                 f"`python -m rrgen train --arch {spec} --out FILE` and pass --model FILE")
         return checkpoint.load(path)
     path = zoo.resolve(None if spec is None else str(spec))
+    if not path.exists() and not path.suffix and len(path.parts) == 1:
+        raise checkpoint.CheckpointError(
+            f"--model {str(spec)!r} is neither a zoo name ({', '.join(sorted(zoo.ZOO))}) "
+            "nor an existing file; pass one of those names or a checkpoint path")
+    overrides = {"task": task} if task else None
     if public_config is not None:
         from .public_import import load_public
-        return load_public(path, public_config)
+        return load_public(path, public_config, overrides)
     if path.suffix == ".onnx":
         from .onnx_io import import_step
         return import_step(path)
     if path.suffix == ".safetensors" or not path.is_file():
         return checkpoint.load(path)   # also names a missing file or a folder clearly
     from .public_import import load_public
-    return load_public(path)
+    return load_public(path, None, overrides)

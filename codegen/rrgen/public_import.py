@@ -123,7 +123,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def read_arch_config(path: Path, explicit: bool = True) -> dict:
     """Read the arch settings from an arch YAML or from the `arch:` section of all_config.yaml."""
     if not path.is_file():
-        hint = "" if explicit else "no config_path was given and "
+        hint = "" if explicit else "no --public-config was given and "
         raise ValueError(f"{hint}config {str(path)!r} not found; pass the all_config.yaml "
                          "that the public pretrain.py writes next to its checkpoints, or "
                          "the arch YAML (config/arch/trm.yaml, hrm_v1.yaml)")
@@ -263,7 +263,8 @@ def config_fields(settings: dict, tensors: dict, task: str | None, overrides: di
         task = next((t for t, size in TASK_VOCAB.items() if size == vocab), None)
         if task is None:
             raise CheckpointError(f"{source}: vocab_size {vocab} matches no rrgen task "
-                                  f"{TASK_VOCAB}; pass the task explicitly")
+                                  f"{TASK_VOCAB}; rrgen can only deploy a model trained on "
+                                  "one of these token encodings")
     elif task not in TASK_VOCAB:
         raise ValueError(f"task {task!r} is invalid; use one of {sorted(TASK_VOCAB)}")
     elif vocab is not None and vocab != TASK_VOCAB[task]:

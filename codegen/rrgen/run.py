@@ -176,7 +176,9 @@ def run_puzzles(client: Client, tokens: np.ndarray, qm=None, max_steps: int = 0,
             printer(f"puzzle {index + 1}: {sudoku.format_grid(sudoku.from_tokens(puzzle))}")
             printer(f"  answer   {sudoku.format_grid(sudoku.from_tokens(answer))}  {text}, {where}")
         else:
-            printer(f"puzzle {index + 1}: {text}, {where}")
+            printer(f"puzzle {index + 1}:")
+            printer(task.format_answer(puzzle))
+            printer(f"answer: {text}, {where}")
             printer(task.format_answer(answer))
 
         if qm is not None:
