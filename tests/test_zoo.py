@@ -35,6 +35,7 @@ def test_zoo_model_builds_and_solves(name, tmp_path):
     assert cell >= CELL_FLOOR[name], f"{name}: {cell:.3f} of cells right"
 
 
-def test_unknown_zoo_name_is_a_path_error():
-    with pytest.raises(ValueError, match=r"checkpoint 'no-such-model' not found"):
+def test_unknown_zoo_name_lists_the_zoo():
+    with pytest.raises(ValueError, match=r"'no-such-model' is neither a zoo name \(hrm-maze, "
+                                         r"maze-att, sudoku-att, sudoku-mlp\)"):
         frontend.load_model("no-such-model")
