@@ -70,7 +70,11 @@ class TRMConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ValueError(f"invalid model config: {values}")
+            hint = ""
+            if "num_heads" in bad:
+                hint = (f"; num_heads must divide hidden_size {self.hidden_size} into heads "
+                        "of even size")
+            raise ValueError(f"invalid model config: {values}{hint}")
         if self.mlp_t and self.pos_encodings != "none":
             raise ValueError("invalid model config: the MLP token-mixing variant (mlp_t=True) "
                              f"takes no position encoding, got pos_encodings={self.pos_encodings!r}")

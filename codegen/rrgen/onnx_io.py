@@ -222,11 +222,13 @@ def export_step(model: TRM, path: str | Path, opset: int = 17) -> Path:
 
 def _load(path: Path) -> onnx.ModelProto:
     if not path.is_file():
-        raise ValueError(f"ONNX file {str(path)!r} not found")
+        raise ValueError(f"ONNX file {str(path)!r} not found; write one with "
+                         "`python -m rrgen export-onnx --out FILE`")
     try:
         proto = onnx.load(str(path))
     except (DecodeError, OSError) as err:
-        raise ValueError(f"{str(path)!r} is not an ONNX model: {err}") from None
+        raise ValueError(f"{str(path)!r} is not an ONNX model ({err}); pass a file written by "
+                         "`python -m rrgen export-onnx` or another ONNX exporter") from None
     if proto.ir_version == 0 or not proto.graph.node:
         raise ValueError(f"{str(path)!r} is not an ONNX model: it has no IR version or no "
                          "graph nodes")
