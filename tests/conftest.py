@@ -28,10 +28,10 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped with RRGEN_REQUIRE_TOOLS=1: {report.longrepr}"
 
 
-def make_tiny_model(seed: int = 0) -> TRM:
-    """A seeded random tiny TRM; q_head gets random weights so halting varies by puzzle."""
+def make_tiny_model(seed: int = 0, config: TRMConfig = TINY) -> TRM:
+    """A seeded random tiny model; q_head gets random weights so halting varies by puzzle."""
     torch.manual_seed(seed)
-    model = TRM(TINY)
+    model = TRM(config)
     with torch.no_grad():
         model.q_head.weight.normal_(0.0, 0.5)
         model.q_head.bias.fill_(0.0)

@@ -22,10 +22,11 @@ from rrgen import calibrate, checkpoint, cli, reference, tasks
 from rrgen.build import BuildError, build
 from rrgen.client import Client
 from rrgen.config import TRMConfig
-from rrgen.model import TRM, attention, rope_tables
+from rrgen.model import attention, rope_tables
 from rrgen.qemu import run_qemu
 from rrgen.run import run_batch, run_puzzles
 
+from conftest import make_tiny_model
 from test_bitexact_host import assert_same
 
 TINY_ATT = TRMConfig(hidden_size=32, expansion=2.0, L_layers=2, H_cycles=1, L_cycles=2,
@@ -46,20 +47,10 @@ needs_arm = pytest.mark.skipif(
            "libnewlib-arm-none-eabi qemu-system-arm")
 
 
-def make_model(config: TRMConfig, seed: int = 0) -> TRM:
-    torch.manual_seed(seed)
-    model = TRM(config)
-    with torch.no_grad():
-        model.q_head.weight.normal_(0.0, 0.5)
-        model.q_head.bias.fill_(0.0)
-        model.puzzle_emb.normal_(0.0, 0.25)
-    return model.eval()
-
-
 def make_family(name: str, folder) -> dict:
     config = FAMILIES[name]
     path = folder / "model.safetensors"
-    checkpoint.save(make_model(config), path)
+    checkpoint.save(make_tiny_model(0, config), path)
     task = tasks.get_task(config.task, config.seq_len)
     inputs, labels, _ = task.generate(PUZZLES.get(name, 60), 11)
     ids = np.arange(len(inputs)) % config.num_puzzle_identifiers
@@ -124,7 +115,7 @@ def test_qemu_build_matches_reference(family):
 
 
 def test_hrm_uses_separate_networks():
-    model = make_model(TINY_HRM)
+    model = make_tiny_model(0, TINY_HRM)
     net_l, net_h = model.nets
     assert net_l is not net_h
     assert len(net_h.layers) == 2
