@@ -6,6 +6,7 @@ Every subcommand reports a user error as one line on stderr and exits with statu
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import logging
 import sys
@@ -215,6 +216,65 @@ def cmd_puzzles(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    import shutil
+    import tempfile
+
+    import torch
+    from tqdm import tqdm
+
+    from . import calibrate, compress, frontend, sweep, tasks
+
+    if args.puzzles < 1 or args.calibration < 1:
+        raise UserError("--puzzles and --calibration must be 1 or more")
+    schemes = args.schemes.split(",") if args.schemes else list(compress.SCHEMES)
+    for scheme in schemes:
+        compress.check_scheme(scheme)
+    out = Path(args.out)
+    if out.exists() and not (out / "sweep.json").is_file():
+        raise UserError(f"--out {str(out)!r} exists and is not an earlier sweep; pass a new folder")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {str(out.parent)!r} of --out does not exist; create it first")
+    torch.set_num_threads(args.threads)
+    model = frontend.load_model(args.model, args.public_config, args.task)
+    cfg = model.config
+    if args.task and args.task != cfg.task:
+        raise UserError(f"--task {args.task} does not match the model, which was made for "
+                        f"{cfg.task!r}")
+    task = tasks.get_task(cfg.task, cfg.seq_len)
+    inputs, labels, ids = task.generate(args.puzzles, args.seed)
+    ids = np.where(ids < cfg.num_puzzle_identifiers, ids, 0)
+    cal_tokens, cal_ids = calibrate.calibration_data(cfg, args.calibration)
+    print(f"sweep of {len(schemes)} weight schemes on {args.puzzles} held-out {task.name} "
+          f"puzzles (seed {args.seed}), {cfg.halt_max_steps} supervision steps", flush=True)
+    rows = compress.calibration_rows(model, cal_tokens, cal_ids) if "int4" in schemes else None
+    bar = tqdm(total=len(schemes), unit="scheme", disable=args.quiet)
+
+    def progress(result):
+        bar.update(1)
+        bar.write(f"{result.scheme:11s} cell {100 * result.cell:6.2f}%  puzzle-exact "
+                  f"{100 * result.exact:6.2f}%  fidelity {result.fidelity:.4f}")
+
+    results = sweep.run(model, inputs, labels, ids, rows, schemes, progress)
+    bar.close()
+    name = Path(str(getattr(model, "source_path", args.model or "model"))).stem
+    meta = {"model": str(getattr(model, "source_path", args.model)), "task": task.name,
+            "puzzles": args.puzzles, "seed": args.seed, "calibration": args.calibration,
+            "config": json.loads(cfg.to_json()), "activations": "float32"}
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        sweep.write(results, staging, f"Weight schemes of {name} on {args.puzzles} {task.name} "
+                                      "puzzles (float activations)", meta)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {out}/sweep.md, sweep.json and 3 plots")
+    return 0
+
+
 def cmd_export_onnx(args) -> int:
     from . import frontend, onnx_io
 
@@ -314,6 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-blanks", type=int, default=30)
     p.add_argument("--max-blanks", type=int, default=45)
     p.set_defaults(func=cmd_puzzles)
+
+    p = sub.add_parser("sweep", help="accuracy and carry fidelity of each weight scheme")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--public-config", help=PUBLIC_HELP)
+    p.add_argument("--task", choices=("sudoku", "maze", "arc"),
+                   help="check that the model was made for this task")
+    p.add_argument("--out", required=True, help="output folder (sweep.md, sweep.json, PNG plots)")
+    p.add_argument("--puzzles", type=int, default=200, help="held-out puzzles (default 200)")
+    p.add_argument("--seed", type=int, default=2, help="seed of the held-out puzzles (test split: 2)")
+    p.add_argument("--calibration", type=int, default=64, help="calibration puzzles for int4")
+    p.add_argument("--schemes", help="comma-separated subset of: fp32, fp16, bf16, int8, "
+                   "int4-naive, int4, int4-g128, int4-g32 (default: all)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("export-onnx", help="write one recursion step as ONNX")
     p.add_argument("--model", help=MODEL_HELP)

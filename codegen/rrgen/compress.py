@@ -1,0 +1,140 @@
+"""Weight compression schemes for the precision sweep, as fake quantization in PyTorch.
+
+Pipeline stage: model -> compress (the study path) beside quantize (the deployed path).
+compress_model() returns a copy of the model whose weights are rounded to a scheme and
+stored back in fp32, so the float forward pass shows the effect of the weight format
+alone. Activations stay in float.
+
+Schemes (weights of every Linear inside the recursive blocks):
+- fp32, fp16, bf16: a cast to the format and back. fp16 and bf16 also apply to the
+  embeddings, the heads and H_init/L_init.
+- int8: symmetric per output channel, scale = max|w| / 127.
+- int4-naive: one symmetric scale for the whole tensor, max|w| / 7, no calibration.
+- int4: per output channel, the clip ratio (1.0 down to 0.5 of max|w|) that minimizes
+  the layer's output error on calibration inputs; quantize.choose_weight_scales, as
+  the deployed build does.
+- int4-g32, int4-g128: per output channel and per group of 32 or 128 inputs,
+  scale = max|w| / 7 of the group.
+The INT schemes keep the embeddings and heads in fp32 (the deployed build keeps the heads
+at INT8), so they measure the recursive network, where errors compound.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import calibrate
+from .model import TRM
+from .quantize import choose_weight_scales
+from .trace import trace_block
+
+SCHEMES = ("fp32", "fp16", "bf16", "int8", "int4-naive", "int4", "int4-g128", "int4-g32")
+FLOAT_FORMATS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def bits_of(scheme: str) -> int:
+    return {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8}.get(scheme, 4)
+
+
+def check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown weight scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+
+
+def round_symmetric(w: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """w rounded to integers in [-qmax, qmax] times scale (broadcast), back in fp32."""
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+
+
+def fake_quantize(weight: torch.Tensor, scheme: str,
+                  inputs: np.ndarray | None = None) -> torch.Tensor:
+    """Round the weight [out, in] as the scheme stores it; return it in fp32."""
+    check_scheme(scheme)
+    w = weight.detach().float()
+    if scheme == "fp32":
+        return w.clone()
+    if scheme in FLOAT_FORMATS:
+        return w.to(FLOAT_FORMATS[scheme]).float()
+    if scheme == "int8":
+        return round_symmetric(w, w.abs().amax(dim=1, keepdim=True) / 127, 127)
+    if scheme == "int4-naive":
+        return round_symmetric(w, w.abs().max() / 7, 7)
+    if scheme == "int4":
+        scale = choose_weight_scales(w.numpy().astype(np.float64), inputs, 7)
+        return round_symmetric(w, torch.from_numpy(scale).float()[:, None], 7)
+    group = int(scheme.rsplit("g", 1)[1])
+    rows, cols = w.shape
+    padded = torch.zeros(rows, -(-cols // group) * group)
+    padded[:, :cols] = w
+    grouped = padded.view(rows, -1, group)
+    out = round_symmetric(grouped, grouped.abs().amax(dim=2, keepdim=True) / 7, 7)
+    return out.view(rows, -1)[:, :cols].contiguous()
+
+
+def weight_bytes(model: TRM, scheme: str) -> int:
+    """Bytes of the recursive blocks' Linear weights in the scheme, scales included.
+
+    Scales count as fp16: one per tensor, per channel or per group.
+    """
+    total = 0
+    for module in block_linears(model).values():
+        rows, cols = module.weight.shape
+        bits = bits_of(scheme)
+        total += rows * cols * bits // 8
+        if scheme in ("int8", "int4"):
+            total += 2 * rows
+        elif scheme == "int4-naive":
+            total += 2
+        elif scheme.startswith("int4-g"):
+            total += 2 * rows * -(-cols // int(scheme.rsplit("g", 1)[1]))
+    return total
+
+
+def block_linears(model: TRM) -> dict[str, nn.Linear]:
+    """Map "block.module" names to every Linear of the recursive blocks."""
+    found = {}
+    for layer in range(calibrate.block_count(model.config)):
+        block = calibrate.block_module(model, layer)
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear):
+                found[f"{layer}.{name}"] = module
+    return found
+
+
+def calibration_rows(model: TRM, tokens: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Sampled input rows of every block Linear over the recursion, keyed as block_linears."""
+    graph = trace_block(model.L_level.layers[0], model.config)
+    stats = calibrate.collect(model, graph, torch.from_numpy(tokens),
+                              puzzle_ids=torch.from_numpy(ids))
+    rows = {}
+    for node in graph.nodes:
+        if node.op != "linear":
+            continue
+        module_name = node.attrs["weight"].rsplit(".", 1)[0]
+        for layer in range(calibrate.block_count(model.config)):
+            sample = stats.rows.get((layer, node.name))
+            if sample:
+                rows[f"{layer}.{module_name}"] = np.concatenate(sample)
+    return rows
+
+
+@torch.no_grad()
+def compress_model(model: TRM, scheme: str, rows: dict[str, np.ndarray] | None = None) -> TRM:
+    """Copy `model` with fake-quantized weights; `rows` are needed for "int4"."""
+    check_scheme(scheme)
+    if scheme == "int4" and rows is None:
+        raise ValueError("scheme int4 needs calibration rows (compress.calibration_rows)")
+    out = copy.deepcopy(model).eval()
+    for key, module in block_linears(out).items():
+        module.weight.copy_(fake_quantize(module.weight, scheme, (rows or {}).get(key)))
+    if scheme in FLOAT_FORMATS:
+        dtype = FLOAT_FORMATS[scheme]
+        for name, tensor in list(out.named_parameters()) + list(out.named_buffers()):
+            if tensor.is_floating_point() and not name.endswith(("cos", "sin")):
+                tensor.copy_(tensor.to(dtype).float())
+    return out

@@ -1,0 +1,111 @@
+"""Weight schemes (compress.py) and the precision sweep (sweep.py, `rrgen sweep`).
+
+Each scheme is checked for what it stores: the number of distinct levels per tensor,
+channel or group, and the float casts. The sweep runs on the tiny model through the CLI
+and must write its table, JSON and three plots, with fp32 at fidelity 1 against itself.
+
+Run: python -m pytest tests/test_sweep.py
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rrgen import cli, compress, sweep
+
+
+@pytest.fixture(scope="module")
+def weight():
+    torch.manual_seed(0)
+    return torch.randn(12, 70)
+
+
+def levels(values: torch.Tensor) -> int:
+    return len(torch.unique(values))
+
+
+def test_int8_per_channel_levels(weight):
+    q = compress.fake_quantize(weight, "int8")
+    for row, original in zip(q, weight):
+        assert levels(row) <= 255
+        step = original.abs().max() / 127
+        assert torch.allclose(row / step, torch.round(row / step), atol=1e-4)
+
+
+def test_int4_naive_one_scale_per_tensor(weight):
+    q = compress.fake_quantize(weight, "int4-naive")
+    assert levels(q) <= 15
+    assert torch.isclose(q.abs().max(), weight.abs().max())
+
+
+def test_int4_groups_have_own_scales(weight):
+    q = compress.fake_quantize(weight, "int4-g32")
+    assert q.shape == weight.shape
+    assert levels(q) > 15                      # more than one scale in the tensor
+    for start in range(0, 70, 32):
+        assert levels(q[0, start:start + 32]) <= 15
+
+
+def test_int4_calibrated_never_worse_than_max_scale(weight):
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(size=(200, 70))
+    calibrated = compress.fake_quantize(weight, "int4", inputs)
+    plain = compress.round_symmetric(weight, weight.abs().amax(dim=1, keepdim=True) / 7, 7)
+    x = torch.from_numpy(inputs).float()
+    error_calibrated = ((x @ (weight - calibrated).T) ** 2).sum()
+    error_plain = ((x @ (weight - plain).T) ** 2).sum()
+    assert error_calibrated <= error_plain * 1.0001
+
+
+def test_float_formats_are_casts(weight):
+    assert torch.equal(compress.fake_quantize(weight, "fp16"), weight.half().float())
+    assert torch.equal(compress.fake_quantize(weight, "bf16"), weight.bfloat16().float())
+    assert torch.equal(compress.fake_quantize(weight, "fp32"), weight)
+
+
+def test_unknown_scheme_rejected(weight):
+    with pytest.raises(ValueError, match=r"unknown weight scheme 'int3'; use one of fp32"):
+        compress.fake_quantize(weight, "int3")
+
+
+def test_weight_bytes_shrink_with_bits(tiny_model):
+    sizes = {s: compress.weight_bytes(tiny_model, s) for s in compress.SCHEMES}
+    assert sizes["fp16"] * 2 == sizes["fp32"]
+    assert sizes["int8"] < sizes["fp16"]
+    assert sizes["int4-naive"] < sizes["int4"] < sizes["int4-g32"] < sizes["int8"]
+
+
+def test_cosine_and_rank_correlation():
+    a = np.array([[1.0, 0.0], [1.0, 1.0]])
+    b = np.array([[0.0, 2.0], [2.0, 2.0]])
+    assert np.allclose(sweep.cosine(a, b), [0.0, 1.0])
+    assert sweep.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert sweep.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_sweep_command_writes_table_json_plots(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "--model", str(tiny_checkpoint), "--out", str(out), "--puzzles",
+                     "12", "--calibration", "4", "--quiet", "--threads", "1"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["accuracy_vs_bits.png", "accuracy_vs_macs.png", "fidelity_vs_exact.png",
+                     "sweep.json", "sweep.md"]
+    data = json.loads((out / "sweep.json").read_text())
+    results = {r["scheme"]: r for r in data["results"]}
+    assert sorted(results) == sorted(compress.SCHEMES)
+    assert results["fp32"]["fidelity"] == pytest.approx(1.0)
+    assert results["int4-naive"]["fidelity"] < 1.0
+    assert len(results["int8"]["fidelity_per_step"]) == 3
+    assert "| int4-g32 | 4 |" in (out / "sweep.md").read_text()
+    assert (out / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_rejects_foreign_folder(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    code = cli.main(["sweep", "--model", str(tiny_checkpoint), "--out", str(tmp_path),
+                     "--puzzles", "2", "--quiet"])
+    assert code == 2
+    assert "is not an earlier sweep" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
