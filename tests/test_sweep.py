@@ -88,17 +88,22 @@ def test_cosine_and_rank_correlation():
 def test_sweep_command_writes_table_json_plots(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert cli.main(["sweep", "--model", str(tiny_checkpoint), "--out", str(out), "--puzzles",
-                     "12", "--calibration", "4", "--quiet", "--threads", "1"]) == 0
+                     "12", "--calibration", "4", "--quiet", "--threads", "1",
+                     "--h-cycles", "1,2"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["accuracy_vs_bits.png", "accuracy_vs_macs.png", "fidelity_vs_exact.png",
                      "sweep.json", "sweep.md"]
     data = json.loads((out / "sweep.json").read_text())
-    results = {r["scheme"]: r for r in data["results"]}
+    assert len(data["results"]) == 2 * len(compress.SCHEMES)
+    results = {r["scheme"]: r for r in data["results"] if r["h_cycles"] == 1}
+    deeper = {r["scheme"]: r for r in data["results"] if r["h_cycles"] == 2}
     assert sorted(results) == sorted(compress.SCHEMES)
+    assert deeper["fp32"]["macs_per_puzzle"] > results["fp32"]["macs_per_puzzle"]
+    assert deeper["fp32"]["fidelity"] < 1.0       # a different depth moves the carry
     assert results["fp32"]["fidelity"] == pytest.approx(1.0)
     assert results["int4-naive"]["fidelity"] < 1.0
     assert len(results["int8"]["fidelity_per_step"]) == 3
-    assert "| int4-g32 | 4 |" in (out / "sweep.md").read_text()
+    assert "| int4-g32 | 2 | 4 |" in (out / "sweep.md").read_text()
     assert (out / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -230,6 +230,13 @@ def cmd_sweep(args) -> int:
     schemes = args.schemes.split(",") if args.schemes else list(compress.SCHEMES)
     for scheme in schemes:
         compress.check_scheme(scheme)
+    try:
+        depths = [int(v) for v in args.h_cycles.split(",")] if args.h_cycles else None
+    except ValueError:
+        raise UserError(f"--h-cycles {args.h_cycles!r} is invalid; use a comma-separated list "
+                        "of integers such as 1,2") from None
+    if depths is not None and min(depths) < 1:
+        raise UserError(f"--h-cycles {args.h_cycles!r} is invalid; every value must be 1 or more")
     out = Path(args.out)
     if out.exists() and not (out / "sweep.json").is_file():
         raise UserError(f"--out {str(out)!r} exists and is not an earlier sweep; pass a new folder")
@@ -238,6 +245,7 @@ def cmd_sweep(args) -> int:
     torch.set_num_threads(args.threads)
     model = frontend.load_model(args.model, args.public_config, args.task)
     cfg = model.config
+    depths = depths or [cfg.H_cycles]
     if args.task and args.task != cfg.task:
         raise UserError(f"--task {args.task} does not match the model, which was made for "
                         f"{cfg.task!r}")
@@ -245,17 +253,17 @@ def cmd_sweep(args) -> int:
     inputs, labels, ids = task.generate(args.puzzles, args.seed)
     ids = np.where(ids < cfg.num_puzzle_identifiers, ids, 0)
     cal_tokens, cal_ids = calibrate.calibration_data(cfg, args.calibration)
-    print(f"sweep of {len(schemes)} weight schemes on {args.puzzles} held-out {task.name} "
+    print(f"sweep of {len(schemes)} weight schemes at H_cycles {depths} on {args.puzzles} held-out {task.name} "
           f"puzzles (seed {args.seed}), {cfg.halt_max_steps} supervision steps", flush=True)
     rows = compress.calibration_rows(model, cal_tokens, cal_ids) if "int4" in schemes else None
-    bar = tqdm(total=len(schemes), unit="scheme", disable=args.quiet)
+    bar = tqdm(total=len(schemes) * len(depths), unit="config", disable=args.quiet)
 
     def progress(result):
         bar.update(1)
-        bar.write(f"{result.scheme:11s} cell {100 * result.cell:6.2f}%  puzzle-exact "
+        bar.write(f"{result.scheme:11s} T={result.h_cycles} cell {100 * result.cell:6.2f}%  puzzle-exact "
                   f"{100 * result.exact:6.2f}%  fidelity {result.fidelity:.4f}")
 
-    results = sweep.run(model, inputs, labels, ids, rows, schemes, progress)
+    results = sweep.run(model, inputs, labels, ids, rows, schemes, progress, depths)
     bar.close()
     name = Path(str(getattr(model, "source_path", args.model or "model"))).stem
     meta = {"model": str(getattr(model, "source_path", args.model)), "task": task.name,
@@ -386,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=64, help="calibration puzzles for int4")
     p.add_argument("--schemes", help="comma-separated subset of: fp32, fp16, bf16, int8, "
                    "int4-naive, int4, int4-g128, int4-g32 (default: all)")
+    p.add_argument("--h-cycles", help="comma-separated H_cycles values to run each scheme at "
+                   "(default: the model's)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)

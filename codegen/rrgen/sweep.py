@@ -7,12 +7,16 @@ puzzles as the fp32 model, and after every supervision step the sweep records:
   same puzzle (flattened over positions and channels), averaged over puzzles. It needs
   no labels.
 Per scheme it also reports the weight bytes of the recursive blocks, the MACs per puzzle
-and the peak activation bytes of the INT8 deployment (the arena's lower bound).
+and the peak activation bytes of the INT8 deployment (the arena's lower bound). With
+several H_cycles values (depth), every scheme runs at each depth; the per-step columns
+give the accuracy at every number of supervision steps, so both depths are covered.
 Outputs: sweep.md (a table), sweep.json and three PNG plots.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -30,6 +34,7 @@ from .trace import trace_block
 @dataclass
 class SchemeResult:
     scheme: str
+    h_cycles: int
     bits: int
     cell: float                         # after the last supervision step
     exact: float
@@ -83,24 +88,38 @@ def deployment_figures(model: TRM) -> tuple[int, int]:
     return macs, plan.plan_arena(view).lower_bound_bytes
 
 
+def with_depth(model: TRM, h_cycles: int) -> TRM:
+    """The same weights run with another number of outer cycles per supervision step."""
+    if h_cycles < 1:
+        raise ValueError(f"H_cycles {h_cycles} is invalid; use 1 or more")
+    other = copy.copy(model)
+    other.config = dataclasses.replace(model.config, H_cycles=h_cycles)
+    return other
+
+
 def run(model: TRM, tokens: np.ndarray, labels: np.ndarray, ids: np.ndarray,
-        rows: dict, schemes=compress.SCHEMES, progress=None) -> list[SchemeResult]:
-    """Evaluate every scheme on the same puzzles; fidelity is against the fp32 model."""
+        rows: dict, schemes=compress.SCHEMES, progress=None,
+        h_cycles: list[int] | None = None) -> list[SchemeResult]:
+    """Evaluate every scheme (at every depth) on the same puzzles.
+
+    Fidelity is always against the fp32 model at the trained depth.
+    """
     steps = model.config.halt_max_steps
     _, reference = trajectory(model, tokens, ids, steps)
-    macs, peak = deployment_figures(model)
     results = []
-    for scheme in schemes:
-        compressed = compress.compress_model(model, scheme, rows)
-        preds, carries = trajectory(compressed, tokens, ids, steps)
-        per_step = [accuracy(preds[s], labels) for s in range(steps)]
-        fidelity = [float(cosine(carries[s], reference[s]).mean()) for s in range(steps)]
-        results.append(SchemeResult(
-            scheme, compress.bits_of(scheme), per_step[-1][0], per_step[-1][1],
-            float(np.mean(fidelity)), compress.weight_bytes(model, scheme), macs, peak,
-            [c for c, _ in per_step], [e for _, e in per_step], fidelity))
-        if progress is not None:
-            progress(results[-1])
+    for depth in h_cycles or [model.config.H_cycles]:
+        macs, peak = deployment_figures(with_depth(model, depth))
+        for scheme in schemes:
+            compressed = with_depth(compress.compress_model(model, scheme, rows), depth)
+            preds, carries = trajectory(compressed, tokens, ids, steps)
+            per_step = [accuracy(preds[s], labels) for s in range(steps)]
+            fidelity = [float(cosine(carries[s], reference[s]).mean()) for s in range(steps)]
+            results.append(SchemeResult(
+                scheme, depth, compress.bits_of(scheme), per_step[-1][0], per_step[-1][1],
+                float(np.mean(fidelity)), compress.weight_bytes(model, scheme), macs, peak,
+                [c for c, _ in per_step], [e for _, e in per_step], fidelity))
+            if progress is not None:
+                progress(results[-1])
     return results
 
 
@@ -120,29 +139,35 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def markdown(results: list[SchemeResult], title: str) -> str:
+def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int) -> str:
     lines = [f"# {title}", "",
-             "| scheme | bits | cell | puzzle-exact | fidelity (mean) | fidelity (last step) "
-             "| weight bytes | MACs per puzzle | peak activation bytes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| scheme | H cycles | bits | cell | puzzle-exact | fidelity (mean) | "
+             "fidelity (last step) | weight bytes | MACs per puzzle | peak activation bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.scheme} | {r.bits} | {100 * r.cell:.2f}% | {100 * r.exact:.2f}% | "
+        lines.append(f"| {r.scheme} | {r.h_cycles} | {r.bits} | {100 * r.cell:.2f}% | "
+                     f"{100 * r.exact:.2f}% | "
                      f"{r.fidelity:.4f} | {r.fidelity_per_step[-1]:.4f} | {r.weight_bytes:,} | "
                      f"{r.macs_per_puzzle:,} | {r.peak_activation_bytes:,} |")
-    base = next((r for r in results if r.scheme == "fp32"), None)
+    base = next((r for r in results
+                 if r.scheme == "fp32" and r.h_cycles == trained_h_cycles), None)
     if base is not None and len(results) > 2:
         loss = [base.exact - r.exact for r in results]
         rho = spearman([-r.fidelity for r in results], loss)
-        lines += ["", f"Rank correlation (Spearman) of 1 - fidelity with the loss of "
-                      f"puzzle-exact accuracy against fp32, over {len(results)} schemes: "
-                      f"{rho:.3f}" if math.isfinite(rho) else
-                  "Rank correlation undefined: every scheme has the same loss or fidelity."]
+        if math.isfinite(rho):
+            text = (f"Rank correlation (Spearman) of 1 - fidelity with the loss of puzzle-exact "
+                    f"accuracy against fp32 at H_cycles {trained_h_cycles}, over "
+                    f"{len(results)} configurations: {rho:.3f}")
+        else:
+            text = "Rank correlation undefined: every configuration has the same loss or fidelity."
+        lines += ["", text]
     lines += ["", "Puzzle-exact accuracy after each supervision step:", "",
-              "| scheme | " + " | ".join(str(s + 1) for s in range(len(results[0].exact_per_step)))
-              + " |", "|---|" + "---|" * len(results[0].exact_per_step)]
+              "| scheme | H cycles | " + " | ".join(str(s + 1) for s in
+                                                  range(len(results[0].exact_per_step)))
+              + " |", "|---|---|" + "---|" * len(results[0].exact_per_step)]
     for r in results:
-        lines.append(f"| {r.scheme} | " + " | ".join(f"{100 * e:.1f}%" for e in r.exact_per_step)
-                     + " |")
+        lines.append(f"| {r.scheme} | {r.h_cycles} | "
+                     + " | ".join(f"{100 * e:.1f}%" for e in r.exact_per_step) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -159,7 +184,7 @@ def plots(results: list[SchemeResult], out_dir: Path, title: str) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in results:
             ax.scatter(xof(r), 100 * r.exact, label=r.scheme)
-            ax.annotate(r.scheme, (xof(r), 100 * r.exact), fontsize=7)
+            ax.annotate(f"{r.scheme} T{r.h_cycles}", (xof(r), 100 * r.exact), fontsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("puzzle-exact accuracy (%)")
         ax.set_title(title, fontsize=9)
@@ -173,7 +198,7 @@ def plots(results: list[SchemeResult], out_dir: Path, title: str) -> list[Path]:
 
 def write(results: list[SchemeResult], out_dir: Path, title: str, meta: dict) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep.md").write_text(markdown(results, title))
+    (out_dir / "sweep.md").write_text(markdown(results, title, meta["config"]["H_cycles"]))
     (out_dir / "sweep.json").write_text(json.dumps(
         {"meta": meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")
     return [out_dir / "sweep.md", out_dir / "sweep.json"] + plots(results, out_dir, title)
