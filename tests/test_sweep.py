@@ -103,6 +103,9 @@ def test_sweep_command_writes_table_json_plots(tiny_checkpoint, tmp_path, capsys
     assert results["fp32"]["fidelity"] == pytest.approx(1.0)
     assert results["int4-naive"]["fidelity"] < 1.0
     assert len(results["int8"]["fidelity_per_step"]) == 3
+    assert 0.0 <= results["int4"]["agreement"] <= 1.0
+    assert results["fp16"]["agreement"] is None
+    assert deeper["int8"]["agreement"] is None
     assert "| int4-g32 | 2 | 4 |" in (out / "sweep.md").read_text()
     assert (out / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -263,7 +263,8 @@ def cmd_sweep(args) -> int:
         bar.write(f"{result.scheme:11s} T={result.h_cycles} cell {100 * result.cell:6.2f}%  puzzle-exact "
                   f"{100 * result.exact:6.2f}%  fidelity {result.fidelity:.4f}")
 
-    results = sweep.run(model, inputs, labels, ids, rows, schemes, progress, depths)
+    results = sweep.run(model, inputs, labels, ids, rows, schemes, progress, depths,
+                        calibration=(cal_tokens, cal_ids))
     bar.close()
     name = Path(str(getattr(model, "source_path", args.model or "model"))).stem
     meta = {"model": str(getattr(model, "source_path", args.model)), "task": task.name,

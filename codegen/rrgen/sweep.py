@@ -10,6 +10,10 @@ Per scheme it also reports the weight bytes of the recursive blocks, the MACs pe
 and the peak activation bytes of the INT8 deployment (the arena's lower bound). With
 several H_cycles values (depth), every scheme runs at each depth; the per-step columns
 give the accuracy at every number of supervision steps, so both depths are covered.
+For int8 and int4 at the trained depth, `agreement` is the fraction of puzzles whose final
+answer from this float-activation path equals the answer of the integer reference that
+the firmware matches (INT8 activations, INT8 heads), so the sweep's numbers can be read
+as predictions for the deployed firmware.
 Outputs: sweep.md (a table), sweep.json and three PNG plots.
 """
 
@@ -45,6 +49,7 @@ class SchemeResult:
     cell_per_step: list = field(default_factory=list)
     exact_per_step: list = field(default_factory=list)
     fidelity_per_step: list = field(default_factory=list)
+    agreement: float | None = None      # int8, int4: same answers as the integer reference
 
 
 @torch.no_grad()
@@ -97,9 +102,20 @@ def with_depth(model: TRM, h_cycles: int) -> TRM:
     return other
 
 
+def deployed_answers(model: TRM, bits: int, tokens: np.ndarray, ids: np.ndarray,
+                     calibration: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Final answers [B, seq_len] of the integer reference, quantized as `build` does."""
+    from . import quantize, reference
+
+    qm = quantize.quantize_model(model, bits, calibration_tokens=calibration[0],
+                                 calibration_ids=calibration[1])
+    return reference.solve(qm, tokens, ids).tokens[-1]
+
+
 def run(model: TRM, tokens: np.ndarray, labels: np.ndarray, ids: np.ndarray,
         rows: dict, schemes=compress.SCHEMES, progress=None,
-        h_cycles: list[int] | None = None) -> list[SchemeResult]:
+        h_cycles: list[int] | None = None,
+        calibration: tuple[np.ndarray, np.ndarray] | None = None) -> list[SchemeResult]:
     """Evaluate every scheme (at every depth) on the same puzzles.
 
     Fidelity is always against the fp32 model at the trained depth.
@@ -114,10 +130,16 @@ def run(model: TRM, tokens: np.ndarray, labels: np.ndarray, ids: np.ndarray,
             preds, carries = trajectory(compressed, tokens, ids, steps)
             per_step = [accuracy(preds[s], labels) for s in range(steps)]
             fidelity = [float(cosine(carries[s], reference[s]).mean()) for s in range(steps)]
+            agreement = None
+            if (calibration is not None and scheme in ("int8", "int4")
+                    and depth == model.config.H_cycles):
+                deployed = deployed_answers(model, compress.bits_of(scheme), tokens, ids,
+                                            calibration)
+                agreement = float((deployed == preds[-1]).all(-1).mean())
             results.append(SchemeResult(
                 scheme, depth, compress.bits_of(scheme), per_step[-1][0], per_step[-1][1],
                 float(np.mean(fidelity)), compress.weight_bytes(model, scheme), macs, peak,
-                [c for c, _ in per_step], [e for _, e in per_step], fidelity))
+                [c for c, _ in per_step], [e for _, e in per_step], fidelity, agreement))
             if progress is not None:
                 progress(results[-1])
     return results
@@ -161,6 +183,11 @@ def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int) -> 
         else:
             text = "Rank correlation undefined: every configuration has the same loss or fidelity."
         lines += ["", text]
+    agreeing = [r for r in results if r.agreement is not None]
+    if agreeing:
+        lines += ["", "Answers of this float-activation path that equal the integer reference "
+                      "(the firmware's bits, INT8 activations):", ""]
+        lines += [f"- {r.scheme}: {100 * r.agreement:.1f}% of puzzles" for r in agreeing]
     lines += ["", "Puzzle-exact accuracy after each supervision step:", "",
               "| scheme | H cycles | " + " | ".join(str(s + 1) for s in
                                                   range(len(results[0].exact_per_step)))
