@@ -19,6 +19,11 @@ from . import __version__
 log = logging.getLogger("rrgen")
 
 
+def plural(count: int, noun: str) -> str:
+    """Format a count with its noun, adding an s unless the count is 1."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class UserError(Exception):
     """An error caused by the user's input; printed as one line, exit status 2."""
 
@@ -126,8 +131,9 @@ def cmd_run(args) -> int:
         if summary.mismatches:
             print(f"bit-exact check FAILED: {len(summary.mismatches)} mismatches")
             return 1
-        print(f"bit-exact check passed: {summary.steps_checked} steps of {summary.puzzles} "
-              "puzzles equal the integer reference (tokens, q_halt, carry y and z)")
+        print(f"bit-exact check passed: {plural(summary.steps_checked, 'step')} of "
+              f"{plural(summary.puzzles, 'puzzle')} equal the integer reference "
+              "(tokens, q_halt, carry y and z)")
     return 0
 
 
@@ -212,7 +218,7 @@ def cmd_puzzles(args) -> int:
     finally:
         if tmp.exists():
             tmp.unlink()
-    print(f"wrote {args.count} {task.name} puzzles to {out}")
+    print(f"wrote {plural(args.count, task.name + ' puzzle')} to {out}")
     return 0
 
 

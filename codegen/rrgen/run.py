@@ -171,7 +171,7 @@ def run_puzzles(client: Client, tokens: np.ndarray, qm=None, max_steps: int = 0,
             summary.cells_right += right
             summary.cells += cells
             summary.exact += int(right == cells)
-        where = f"{result.steps_used} steps, {result.cycles} cycles"
+        where = f"{result.steps_used} step{'' if result.steps_used == 1 else 's'}, {result.cycles} cycles"
         if task.name == "sudoku":
             printer(f"puzzle {index + 1}: {sudoku.format_grid(sudoku.from_tokens(puzzle))}")
             printer(f"  answer   {sudoku.format_grid(sudoku.from_tokens(answer))}  {text}, {where}")
