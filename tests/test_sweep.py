@@ -117,3 +117,16 @@ def test_sweep_rejects_foreign_folder(tiny_checkpoint, tmp_path, capsys):
     assert code == 2
     assert "is not an earlier sweep" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_prune25_zeroes_a_quarter_of_swiglu_channels(tiny_model):
+    pruned = compress.compress_model(tiny_model, "prune25")
+    mlp = pruned.L_level.layers[0].mlp
+    inter = mlp.down_proj.in_features
+    dead = (mlp.down_proj.weight.abs().sum(0) == 0)
+    assert int(dead.sum()) == int(0.25 * inter)
+    assert torch.all(mlp.gate_up_proj.weight[:inter][dead] == 0)
+    assert torch.all(mlp.gate_up_proj.weight[inter:][dead] == 0)
+    original = tiny_model.L_level.layers[0].mlp
+    assert torch.equal(mlp.down_proj.weight[:, ~dead], original.down_proj.weight[:, ~dead])
+    assert compress.weight_bytes(tiny_model, "prune25") < compress.weight_bytes(tiny_model, "fp32")

@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2, help="seed of the held-out puzzles (test split: 2)")
     p.add_argument("--calibration", type=int, default=64, help="calibration puzzles for int4")
     p.add_argument("--schemes", help="comma-separated subset of: fp32, fp16, bf16, int8, "
-                   "int4-naive, int4, int4-g128, int4-g32 (default: all)")
+                   "int4-naive, int4, int4-g128, int4-g32, prune25 (default: all)")
     p.add_argument("--h-cycles", help="comma-separated H_cycles values to run each scheme at "
                    "(default: the model's)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

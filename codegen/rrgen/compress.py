@@ -15,6 +15,9 @@ Schemes (weights of every Linear inside the recursive blocks):
   the deployed build does.
 - int4-g32, int4-g128: per output channel and per group of 32 or 128 inputs,
   scale = max|w| / 7 of the group.
+- prune25: fp32 weights with 25% structured pruning: in every SwiGLU (token and channel
+  mixing) the intermediate channels with the smallest ||gate_j|| * ||up_j|| * ||down_j||
+  are removed (their gate and up rows and down column set to zero).
 The INT schemes keep the embeddings and heads in fp32 (the deployed build keeps the heads
 at INT8), so they measure the recursive network, where errors compound.
 NOTE: activations stay float here, while the firmware quantizes them to INT8; the sweep
@@ -30,16 +33,18 @@ import torch
 from torch import nn
 
 from . import calibrate
-from .model import TRM
+from .model import TRM, SwiGLU
 from .quantize import choose_weight_scales
 from .trace import trace_block
 
-SCHEMES = ("fp32", "fp16", "bf16", "int8", "int4-naive", "int4", "int4-g128", "int4-g32")
+SCHEMES = ("fp32", "fp16", "bf16", "int8", "int4-naive", "int4", "int4-g128", "int4-g32",
+           "prune25")
+PRUNE_FRACTION = 0.25
 FLOAT_FORMATS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def bits_of(scheme: str) -> int:
-    return {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8}.get(scheme, 4)
+    return {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8, "prune25": 32}.get(scheme, 4)
 
 
 def check_scheme(scheme: str) -> None:
@@ -58,8 +63,8 @@ def fake_quantize(weight: torch.Tensor, scheme: str,
     """Round the weight [out, in] as the scheme stores it; return it in fp32."""
     check_scheme(scheme)
     w = weight.detach().float()
-    if scheme == "fp32":
-        return w.clone()
+    if scheme in ("fp32", "prune25"):
+        return w.clone()     # pruning works on whole SwiGLUs, see prune_swiglu
     if scheme in FLOAT_FORMATS:
         return w.to(FLOAT_FORMATS[scheme]).float()
     if scheme == "int8":
@@ -84,9 +89,14 @@ def weight_bytes(model: TRM, scheme: str) -> int:
     Scales count as fp16: one per tensor, per channel or per group.
     """
     total = 0
-    for module in block_linears(model).values():
+    for key, module in block_linears(model).items():
         rows, cols = module.weight.shape
         bits = bits_of(scheme)
+        if scheme == "prune25" and key.endswith(("gate_up_proj", "down_proj")):
+            inter = rows // 2 if key.endswith("gate_up_proj") else cols
+            kept = inter - int(PRUNE_FRACTION * inter)
+            total += rows * cols * kept // inter * bits // 8
+            continue
         total += rows * cols * bits // 8
         if scheme in ("int8", "int4"):
             total += 2 * rows
@@ -126,6 +136,19 @@ def calibration_rows(model: TRM, tokens: np.ndarray, ids: np.ndarray) -> dict[st
 
 
 @torch.no_grad()
+def prune_swiglu(mlp: SwiGLU, fraction: float) -> None:
+    """Zero the `fraction` of intermediate channels with the smallest norm product."""
+    inter = mlp.down_proj.in_features
+    gate, up = mlp.gate_up_proj.weight[:inter], mlp.gate_up_proj.weight[inter:]
+    down = mlp.down_proj.weight
+    importance = gate.norm(dim=1) * up.norm(dim=1) * down.norm(dim=0)
+    drop = importance.argsort()[:int(fraction * inter)]
+    mlp.gate_up_proj.weight[drop] = 0
+    mlp.gate_up_proj.weight[drop + inter] = 0
+    mlp.down_proj.weight[:, drop] = 0
+
+
+@torch.no_grad()
 def compress_model(model: TRM, scheme: str, rows: dict[str, np.ndarray] | None = None) -> TRM:
     """Copy `model` with fake-quantized weights; `rows` are needed for "int4"."""
     check_scheme(scheme)
@@ -134,6 +157,11 @@ def compress_model(model: TRM, scheme: str, rows: dict[str, np.ndarray] | None =
     out = copy.deepcopy(model).eval()
     for key, module in block_linears(out).items():
         module.weight.copy_(fake_quantize(module.weight, scheme, (rows or {}).get(key)))
+    if scheme == "prune25":
+        for layer in range(calibrate.block_count(out.config)):
+            for module in calibrate.block_module(out, layer).modules():
+                if isinstance(module, SwiGLU):
+                    prune_swiglu(module, PRUNE_FRACTION)
     if scheme in FLOAT_FORMATS:
         dtype = FLOAT_FORMATS[scheme]
         for name, tensor in list(out.named_parameters()) + list(out.named_buffers()):
