@@ -1,10 +1,10 @@
 """rr_attention_s8 (templates/kernels.c.j2) against reference.attention, byte for byte.
 
 The kernel is compiled with the host gcc (-O2 -Wall -Wextra -Werror) into a small program
-that reads one call from stdin. Inputs cover random data, every input at +127 or -128
-(the largest rotated values and scores), alternating extremes, one position, one head,
-a score scale so large that the softmax is one-hot, one so small that it is uniform,
-and RoPE off. A NULL pointer or an odd head size must return RR_ERR_ARGUMENT.
+that reads one call from stdin. The inputs are random data and every input at +127 or
+-128, which give the largest rotated values and scores. Further cases: alternating
+extremes, one position, one head, and RoPE off. One score scale is so large that the
+softmax is one-hot, and one so small that it is uniform. A NULL pointer or an odd head size must return RR_ERR_ARGUMENT.
 
 Run: python -m pytest tests/test_attention_kernel.py
 """

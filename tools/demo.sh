@@ -3,7 +3,7 @@
 # It builds INT4 firmware for the STM32H743 and INT8 firmware for QEMU's Cortex-M7
 # (mps2-an500). Then it solves sample puzzles in QEMU over the emulated serial port and
 # checks every step byte for byte against the integer reference. Last, the zoo's maze
-# model (TRM with attention) goes through the same pipeline and its answers print as grids.
+# model (TRM with attention) goes through the same pipeline, and its outputs print as grids.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh

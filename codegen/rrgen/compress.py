@@ -20,8 +20,8 @@ Schemes (weights of every Linear inside the recursive blocks):
   are removed (their gate and up rows and down column set to zero).
 The INT schemes keep the embeddings and heads in fp32 (the deployed build keeps the heads
 at INT8), so they measure the recursive network, where errors compound.
-NOTE: activations stay float here, while the firmware quantizes them to INT8; the sweep
-reports how often the two give the same answers (sweep.SchemeResult.agreement).
+NOTE: activations stay float here, while the firmware quantizes them to INT8. The sweep
+reports how often both give the same output tokens (sweep.SchemeResult.agreement).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def open_device(build_dir: Path | None, port: str | None, icount: bool = False,
 
 
 def expected_answer(task_name: str, tokens: np.ndarray) -> np.ndarray | None:
-    """The unique answer (tokens) of one puzzle, or None when the task has no solver here."""
+    """Return the unique solution (tokens) of one puzzle, or None when the task has no solver here."""
     if task_name == "sudoku":
         solution = sudoku.solve(sudoku.from_tokens(tokens))
         return None if solution is None else sudoku.to_tokens(solution)
@@ -126,7 +126,7 @@ def expected_answer(task_name: str, tokens: np.ndarray) -> np.ndarray | None:
 
 def verdict(task_name: str, tokens: np.ndarray, answer: np.ndarray,
             expected: np.ndarray | None) -> tuple[str, int | None]:
-    """A short judgement of one answer, and the number of right cells (None if unknown)."""
+    """Judge one predicted grid; return a short verdict and the right cells (None if unknown)."""
     if expected is not None:
         supervised = expected != 0
         right = int(((answer == expected) & supervised).sum())
@@ -146,7 +146,7 @@ def run_puzzles(client: Client, tokens: np.ndarray, qm=None, max_steps: int = 0,
                 puzzle_ids: np.ndarray | None = None) -> RunSummary:
     """Solve every puzzle (tokens [N, seq_len]) on the device; with `qm`, check every step.
 
-    task: a tasks.Task for reading answers (default Sudoku).
+    task: a tasks.Task that decodes the device output (default Sudoku).
     """
     task = task or tasks.get_task("sudoku")
     summary = RunSummary()

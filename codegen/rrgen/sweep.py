@@ -8,8 +8,8 @@ puzzles as the fp32 model, and after every supervision step the sweep records:
   no labels.
 Per scheme it also reports the weight bytes of the recursive blocks, the MACs per puzzle
 and the peak activation bytes of the INT8 deployment (the arena's lower bound). With
-several H_cycles values (depth), every scheme runs at each depth; the per-step columns
-give the accuracy at every number of supervision steps, so both depths are covered.
+several H_cycles values (depth), every scheme runs at each depth. The per-step columns
+give the accuracy at every number of supervision steps, so both kinds of depth are covered.
 For int8 and int4 at the trained depth, `agreement` is the fraction of puzzles whose final
 answer from this float-activation path equals the answer of the integer reference that
 the firmware matches (INT8 activations, INT8 heads), so the sweep's numbers can be read
@@ -49,7 +49,7 @@ class SchemeResult:
     cell_per_step: list = field(default_factory=list)
     exact_per_step: list = field(default_factory=list)
     fidelity_per_step: list = field(default_factory=list)
-    agreement: float | None = None      # int8, int4: same answers as the integer reference
+    agreement: float | None = None      # int8, int4: share of outputs equal to the integer reference
 
 
 @torch.no_grad()
@@ -94,7 +94,7 @@ def deployment_figures(model: TRM) -> tuple[int, int]:
 
 
 def with_depth(model: TRM, h_cycles: int) -> TRM:
-    """The same weights run with another number of outer cycles per supervision step."""
+    """Return the model with the same weights and another number of outer cycles per step."""
     if h_cycles < 1:
         raise ValueError(f"H_cycles {h_cycles} is invalid; use 1 or more")
     other = copy.copy(model)
@@ -104,7 +104,7 @@ def with_depth(model: TRM, h_cycles: int) -> TRM:
 
 def deployed_answers(model: TRM, bits: int, tokens: np.ndarray, ids: np.ndarray,
                      calibration: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Final answers [B, seq_len] of the integer reference, quantized as `build` does."""
+    """Return the final predicted tokens [B, seq_len] of the integer reference, quantized as `build` does."""
     from . import quantize, reference
 
     qm = quantize.quantize_model(model, bits, calibration_tokens=calibration[0],

@@ -30,13 +30,13 @@ def config(name: str) -> TRMConfig:
 
 
 def checkpoint_path(name: str) -> Path:
-    """The shipped checkpoint of a zoo model."""
+    """Return the path of a zoo model's shipped checkpoint."""
     config(name)
     return CHECKPOINT_DIR / ZOO[name][1]
 
 
 def resolve(model: str | None) -> Path:
-    """A `--model` value (zoo name, checkpoint path, or None for the default) to a path."""
+    """Resolve a `--model` value (zoo name, checkpoint path, or None for the default) to a path."""
     if model is None:
         return checkpoint_path(DEFAULT)
     if model in ZOO:
