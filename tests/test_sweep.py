@@ -89,15 +89,21 @@ def test_sweep_command_writes_table_json_plots(tiny_checkpoint, tmp_path, capsys
     out = tmp_path / "sweep"
     assert cli.main(["sweep", "--model", str(tiny_checkpoint), "--out", str(out), "--puzzles",
                      "12", "--calibration", "4", "--quiet", "--threads", "1",
-                     "--h-cycles", "1,2"]) == 0
+                     "--h-cycles", "1,2", "--qat-steps", "2", "--check-puzzles", "6"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["accuracy_vs_bits.png", "accuracy_vs_macs.png", "fidelity_vs_exact.png",
                      "sweep.json", "sweep.md"]
     data = json.loads((out / "sweep.json").read_text())
-    assert len(data["results"]) == 2 * len(compress.SCHEMES)
-    results = {r["scheme"]: r for r in data["results"] if r["h_cycles"] == 1}
-    deeper = {r["scheme"]: r for r in data["results"] if r["h_cycles"] == 2}
+    rows = len(compress.SCHEMES) + len(compress.INTEGER_SCHEMES)
+    assert len(data["results"]) == 2 * rows
+    results = {r["scheme"]: r for r in data["results"]
+               if r["h_cycles"] == 1 and r["activations"] == "float"}
+    deeper = {r["scheme"]: r for r in data["results"]
+              if r["h_cycles"] == 2 and r["activations"] == "float"}
+    integer = {(r["scheme"], r["h_cycles"]): r for r in data["results"]
+               if r["activations"] == "int8"}
     assert sorted(results) == sorted(compress.SCHEMES)
+    assert sorted({s for s, _ in integer}) == sorted(compress.INTEGER_SCHEMES)
     assert deeper["fp32"]["macs_per_puzzle"] > results["fp32"]["macs_per_puzzle"]
     assert deeper["fp32"]["fidelity"] < 1.0       # a different depth moves the carry
     assert results["fp32"]["fidelity"] == pytest.approx(1.0)
@@ -105,9 +111,68 @@ def test_sweep_command_writes_table_json_plots(tiny_checkpoint, tmp_path, capsys
     assert len(results["int8"]["fidelity_per_step"]) == 3
     assert 0.0 <= results["int4"]["agreement"] <= 1.0
     assert results["fp16"]["agreement"] is None
-    assert deeper["int8"]["agreement"] is None
-    assert "| int4-g32 | 2 | 4 |" in (out / "sweep.md").read_text()
+    for row in integer.values():
+        # The generated C against the numpy reference: one differing byte fails.
+        assert row["reference_checked"] == 6
+        assert row["reference_equal"] == 6, row["scheme"]
+        assert 0.0 < row["fidelity"] < 1.0
+    assert integer[("prune25", 2)]["bits"] == 8
+    assert integer[("prune25", 2)]["weight_bytes"] < integer[("int8", 2)]["weight_bytes"]
+    assert data["meta"]["qat_steps"] == 2
+    text = (out / "sweep.md").read_text()
+    assert "| int4-g32 | float | 2 | 4 |" in text
+    assert "| int4-qat | int8 | 2 | 4 |" in text
+    assert "6 of 6 puzzles equal" in text
     assert (out / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_integer_model_naive_has_one_scale_per_tensor(tiny_model):
+    from rrgen import calibrate
+
+    cal = calibrate.calibration_data(tiny_model.config, 4)
+    naive = compress.integer_model(tiny_model, "int4-naive", cal)
+    calibrated = compress.integer_model(tiny_model, "int4", cal)
+    for node in naive.graph.nodes:
+        if node.op == "linear":
+            p, c = naive.blocks[0][node.name], calibrated.blocks[0][node.name]
+            assert len(np.unique(p.weight_scale)) == 1
+            assert np.abs(p.weight).max() == 7
+            assert len(np.unique(c.weight_scale)) > 1
+    with pytest.raises(ValueError, match="has no integer model"):
+        compress.integer_model(tiny_model, "bf16", cal)
+
+
+def test_straight_through_rounds_forward_and_passes_gradient(weight):
+    w = weight.clone().requires_grad_(True)
+    q = compress.StraightThrough("int4-naive")(w)
+    assert torch.equal(q.detach(), compress.fake_quantize(weight, "int4-naive"))
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_qat_fine_tune_saves_float_weights(tiny_model, tmp_path):
+    from rrgen import checkpoint
+    from rrgen.train import TrainOptions, train
+
+    opts = TrainOptions(steps=2, batch=4, lr=1e-3, ema=0.0, pool=20, warmup_steps=1,
+                        eval_every=2, eval_puzzles=4, fake_quant="int4-naive")
+    tuned = train(tiny_model.config, opts, tmp_path / "qat.safetensors", progress=lambda _: None,
+                  start=tiny_model)
+    names = set(checkpoint.load(tmp_path / "qat.safetensors").state_dict())
+    assert names == set(tiny_model.state_dict())          # no parametrization keys
+    before = compress.block_linears(tiny_model)
+    after = compress.block_linears(tuned)
+    changed = [k for k in before if not torch.equal(before[k].weight, after[k].weight)]
+    assert changed                                          # the fine-tune moved the weights
+    assert levels(after[changed[0]].weight) > 15           # float master weights, not rounded
+
+
+def test_sweep_rejects_bad_activations(tiny_checkpoint, tmp_path, capsys):
+    code = cli.main(["sweep", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "s"),
+                     "--activations", "int16", "--quiet"])
+    assert code == 2
+    assert "--activations 'int16' is invalid; use float, int8" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_sweep_rejects_foreign_folder(tiny_checkpoint, tmp_path, capsys):

@@ -15,13 +15,18 @@ Schemes (weights of every Linear inside the recursive blocks):
   the deployed build does.
 - int4-g32, int4-g128: per output channel and per group of 32 or 128 inputs,
   scale = max|w| / 7 of the group.
+- int4-qat: int4-naive applied to a model fine-tuned with quantization-aware training
+  (straight-through fake quantization of the block weights, train.TrainOptions.fake_quant).
 - prune25: fp32 weights with 25% structured pruning: in every SwiGLU (token and channel
   mixing) the intermediate channels with the smallest ||gate_j|| * ||up_j|| * ||down_j||
   are removed (their gate and up rows and down column set to zero).
 The INT schemes keep the embeddings and heads in fp32 (the deployed build keeps the heads
 at INT8), so they measure the recursive network, where errors compound.
-NOTE: activations stay float here, while the firmware quantizes them to INT8. The sweep
-reports how often both give the same output tokens (sweep.SchemeResult.agreement).
+
+compress_model() keeps float activations. integer_model() gives the same weight formats
+with static INT8 activations: the QModel that build would emit (quantize.quantize_model),
+with the weight scales of the scheme. Schemes the firmware's per-channel kernels cannot
+store (fp16, bf16, group-wise INT4) have no integer model.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from .quantize import choose_weight_scales
 from .trace import trace_block
 
 SCHEMES = ("fp32", "fp16", "bf16", "int8", "int4-naive", "int4", "int4-g128", "int4-g32",
-           "prune25")
+           "int4-qat", "prune25")
+# Schemes with static INT8 activations, and their weight bits in the firmware.
+INTEGER_SCHEMES = {"int8": 8, "int4-naive": 4, "int4": 4, "int4-qat": 4, "prune25": 8}
 PRUNE_FRACTION = 0.25
 FLOAT_FORMATS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -69,7 +76,7 @@ def fake_quantize(weight: torch.Tensor, scheme: str,
         return w.to(FLOAT_FORMATS[scheme]).float()
     if scheme == "int8":
         return round_symmetric(w, w.abs().amax(dim=1, keepdim=True) / 127, 127)
-    if scheme == "int4-naive":
+    if scheme in ("int4-naive", "int4-qat"):
         return round_symmetric(w, w.abs().max() / 7, 7)
     if scheme == "int4":
         scale = choose_weight_scales(w.numpy().astype(np.float64), inputs, 7)
@@ -83,24 +90,25 @@ def fake_quantize(weight: torch.Tensor, scheme: str,
     return out.view(rows, -1)[:, :cols].contiguous()
 
 
-def weight_bytes(model: TRM, scheme: str) -> int:
+def weight_bytes(model: TRM, scheme: str, bits: int | None = None) -> int:
     """Bytes of the recursive blocks' Linear weights in the scheme, scales included.
 
-    Scales count as fp16: one per tensor, per channel or per group.
+    Scales count as fp16: one per tensor, per channel or per group. `bits` overrides the
+    scheme's element bits (prune25 with INT8 weights: bits=8, per-channel scales).
     """
     total = 0
     for key, module in block_linears(model).items():
         rows, cols = module.weight.shape
-        bits = bits_of(scheme)
+        bits = bits or bits_of(scheme)
         if scheme == "prune25" and key.endswith(("gate_up_proj", "down_proj")):
             inter = rows // 2 if key.endswith("gate_up_proj") else cols
             kept = inter - int(PRUNE_FRACTION * inter)
-            total += rows * cols * kept // inter * bits // 8
+            total += rows * cols * kept // inter * bits // 8 + (2 * rows if bits == 8 else 0)
             continue
         total += rows * cols * bits // 8
-        if scheme in ("int8", "int4"):
+        if scheme in ("int8", "int4") or (scheme == "prune25" and bits == 8):
             total += 2 * rows
-        elif scheme == "int4-naive":
+        elif scheme in ("int4-naive", "int4-qat"):
             total += 2
         elif scheme.startswith("int4-g"):
             total += 2 * rows * -(-cols // int(scheme.rsplit("g", 1)[1]))
@@ -168,3 +176,57 @@ def compress_model(model: TRM, scheme: str, rows: dict[str, np.ndarray] | None =
             if tensor.is_floating_point() and not name.endswith(("cos", "sin")):
                 tensor.copy_(tensor.to(dtype).float())
     return out
+
+
+class StraightThrough(nn.Module):
+    """Parametrization for quantization-aware training: the forward pass sees the weight
+    rounded as `scheme` stores it, the backward pass treats the rounding as identity."""
+
+    def __init__(self, scheme: str):
+        super().__init__()
+        if scheme not in ("int8", "int4-naive", "int4-qat", "int4-g32", "int4-g128"):
+            raise ValueError(f"quantization-aware training supports int8, int4-naive and "
+                             f"group-wise INT4, not {scheme!r}")
+        self.scheme = "int4-naive" if scheme == "int4-qat" else scheme
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + (fake_quantize(weight, self.scheme) - weight).detach()
+
+
+def integer_model(model: TRM, scheme: str, calibration: tuple[np.ndarray, np.ndarray]):
+    """The integer QModel of `scheme`: block weights in its format, INT8 activations.
+
+    int8 and int4 are quantize.quantize_model at 8 and 4 bits (what build emits); prune25
+    prunes, then quantizes to INT8; int4-naive and int4-qat give every row of a block
+    weight the tensor's scale max|w| / 7.
+    """
+    from . import quantize
+    from .fixedpoint import quantize_multiplier
+
+    if scheme not in INTEGER_SCHEMES:
+        raise ValueError(f"scheme {scheme!r} has no integer model; use one of "
+                         f"{', '.join(INTEGER_SCHEMES)}")
+    source = compress_model(model, "prune25") if scheme == "prune25" else model
+    qm = quantize.quantize_model(source, INTEGER_SCHEMES[scheme], calibration_tokens=calibration[0],
+                                 calibration_ids=calibration[1])
+    if scheme not in ("int4-naive", "int4-qat"):
+        return qm
+    for layer, params in enumerate(qm.blocks):
+        weights = calibrate.layer_weights(source, layer)
+        for node in qm.graph.nodes:
+            if node.op != "linear":
+                continue
+            p = params[node.name]
+            w = weights[node.attrs["weight"]].numpy().astype(np.float64)
+            scale = np.abs(w).max() / 7 if np.abs(w).max() > 0 else 1.0
+            # The real multiplier in_scale * w_scale / out_scale, rescaled to the new w_scale.
+            real = (p.multiplier.astype(np.float64) * 2.0 ** (p.shift.astype(np.float64) - 31)
+                    * scale / p.weight_scale)
+            for c, value in enumerate(real):
+                p.multiplier[c], p.shift[c] = quantize_multiplier(float(value))
+                if p.shift[c] > 0 and 128 * 7 * w.shape[1] << int(p.shift[c]) >= 1 << 31:
+                    raise ValueError(f"layer {layer} {node.name}: per-tensor INT4 scale gives a "
+                                     "multiplier too large for int32 requantization")
+            p.weight = np.clip(np.round(w / scale), -7, 7).astype(np.int8)
+            p.weight_scale = np.full(len(real), scale)
+    return qm

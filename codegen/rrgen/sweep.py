@@ -10,10 +10,13 @@ Per scheme it also reports the weight bytes of the recursive blocks, the MACs pe
 and the peak activation bytes of the INT8 deployment (the arena's lower bound). With
 several H_cycles values (depth), every scheme runs at each depth. The per-step columns
 give the accuracy at every number of supervision steps, so both kinds of depth are covered.
-For int8 and int4 at the trained depth, `agreement` is the fraction of puzzles whose final
-answer from this float-activation path equals the answer of the integer reference that
-the firmware matches (INT8 activations, INT8 heads), so the sweep's numbers can be read
-as predictions for the deployed firmware.
+Activations: "float" keeps them in fp32 (compress.compress_model). "int8" runs the static-INT8
+model that build would emit (compress.integer_model), through the generated C compiled for
+the host (hostrun), so its numbers are the firmware's numbers. The int8 rows also record
+on how many of the first `check_puzzles` puzzles the C output equals the numpy reference
+(reference.solve) byte for byte, tokens and carry after every step. A float row of a
+scheme that also has an int8 row records `agreement`: the share of puzzles whose final
+answer equals the int8 row's answer, that is how well the float path predicts the firmware.
 Outputs: sweep.md (a table), sweep.json and three PNG plots.
 """
 
@@ -30,7 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import compress, plan
+from . import compress, hostrun, plan
 from .model import TRM
 from .trace import trace_block
 
@@ -49,7 +52,10 @@ class SchemeResult:
     cell_per_step: list = field(default_factory=list)
     exact_per_step: list = field(default_factory=list)
     fidelity_per_step: list = field(default_factory=list)
-    agreement: float | None = None      # int8, int4: share of outputs equal to the integer reference
+    activations: str = "float"          # "float" or "int8"
+    agreement: float | None = None      # float rows: share of answers equal to the int8 row's
+    reference_checked: int = 0          # int8 rows: puzzles compared with reference.solve
+    reference_equal: int = 0            # ... of which tokens and carry were equal at every step
 
 
 @torch.no_grad()
@@ -102,46 +108,88 @@ def with_depth(model: TRM, h_cycles: int) -> TRM:
     return other
 
 
-def deployed_answers(model: TRM, bits: int, tokens: np.ndarray, ids: np.ndarray,
-                     calibration: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Return the final predicted tokens [B, seq_len] of the integer reference, quantized as `build` does."""
-    from . import quantize, reference
+def with_depth_qmodel(qm, h_cycles: int):
+    other = copy.copy(qm)
+    other.config = dataclasses.replace(qm.config, H_cycles=h_cycles)
+    return other
 
-    qm = quantize.quantize_model(model, bits, calibration_tokens=calibration[0],
-                                 calibration_ids=calibration[1])
-    return reference.solve(qm, tokens, ids).tokens[-1]
+
+def reference_equal(qm, tokens: np.ndarray, ids: np.ndarray, preds: np.ndarray,
+                    carries: np.ndarray) -> int:
+    """Puzzles whose C tokens and carry y equal reference.solve at every step."""
+    from . import reference
+
+    trace = reference.solve(qm, tokens, ids)
+    same_tokens = (trace.tokens == preds).all(axis=(0, 2))
+    ref_y = trace.y.reshape(trace.y.shape[0], trace.y.shape[1], -1).astype(np.float64)
+    same_carry = (ref_y == carries).all(axis=(0, 2))
+    return int((same_tokens & same_carry).sum())
 
 
 def run(model: TRM, tokens: np.ndarray, labels: np.ndarray, ids: np.ndarray,
         rows: dict, schemes=compress.SCHEMES, progress=None,
         h_cycles: list[int] | None = None,
-        calibration: tuple[np.ndarray, np.ndarray] | None = None) -> list[SchemeResult]:
-    """Evaluate every scheme (at every depth) on the same puzzles.
+        calibration: tuple[np.ndarray, np.ndarray] | None = None,
+        activations=("float",), qat_model: TRM | None = None,
+        work_dir: Path | None = None, check_puzzles: int = 20) -> list[SchemeResult]:
+    """Evaluate every scheme (at every depth, with every kind of activations) on the same puzzles.
 
-    Fidelity is always against the fp32 model at the trained depth.
+    Fidelity is always against the fp32 model at the trained depth. "int8" activations
+    need `calibration` and a `work_dir` for the host build; "int4-qat" needs `qat_model`.
     """
+    import tempfile
+
+    if "int4-qat" in schemes and qat_model is None:
+        raise ValueError("scheme int4-qat needs a fine-tuned model (qat_model)")
+    if "int8" in activations and calibration is None:
+        raise ValueError("int8 activations need calibration puzzles")
     steps = model.config.halt_max_steps
     _, reference = trajectory(model, tokens, ids, steps)
     results = []
-    for depth in h_cycles or [model.config.H_cycles]:
-        macs, peak = deployment_figures(with_depth(model, depth))
-        for scheme in schemes:
-            compressed = with_depth(compress.compress_model(model, scheme, rows), depth)
-            preds, carries = trajectory(compressed, tokens, ids, steps)
-            per_step = [accuracy(preds[s], labels) for s in range(steps)]
-            fidelity = [float(cosine(carries[s], reference[s]).mean()) for s in range(steps)]
-            agreement = None
-            if (calibration is not None and scheme in ("int8", "int4")
-                    and depth == model.config.H_cycles):
-                deployed = deployed_answers(model, compress.bits_of(scheme), tokens, ids,
-                                            calibration)
-                agreement = float((deployed == preds[-1]).all(-1).mean())
-            results.append(SchemeResult(
-                scheme, depth, compress.bits_of(scheme), per_step[-1][0], per_step[-1][1],
-                float(np.mean(fidelity)), compress.weight_bytes(model, scheme), macs, peak,
-                [c for c, _ in per_step], [e for _, e in per_step], fidelity, agreement))
-            if progress is not None:
-                progress(results[-1])
+    owned = tempfile.TemporaryDirectory(prefix="rrgen-sweep-") if work_dir is None else None
+    work = Path(owned.name if owned else work_dir)
+
+    def record(scheme, depth, acts, preds, carries, macs, peak):
+        per_step = [accuracy(preds[s], labels) for s in range(steps)]
+        fidelity = [float(cosine(carries[s], reference[s]).mean()) for s in range(steps)]
+        bits = compress.INTEGER_SCHEMES[scheme] if acts == "int8" else compress.bits_of(scheme)
+        result = SchemeResult(
+            scheme, depth, bits, per_step[-1][0], per_step[-1][1],
+            float(np.mean(fidelity)), compress.weight_bytes(model, scheme, bits), macs, peak,
+            [c for c, _ in per_step], [e for _, e in per_step], fidelity, acts)
+        results.append(result)
+        return result
+
+    try:
+        for depth in h_cycles or [model.config.H_cycles]:
+            macs, peak = deployment_figures(with_depth(model, depth))
+            for scheme in schemes:
+                source = qat_model if scheme == "int4-qat" else model
+                float_row = None
+                if "float" in activations:
+                    compressed = with_depth(compress.compress_model(source, scheme, rows), depth)
+                    preds, carries = trajectory(compressed, tokens, ids, steps)
+                    float_row = record(scheme, depth, "float", preds, carries, macs, peak)
+                    float_preds = preds
+                    if progress is not None:
+                        progress(float_row)
+                if "int8" in activations and scheme in compress.INTEGER_SCHEMES:
+                    qm = with_depth_qmodel(compress.integer_model(source, scheme, calibration),
+                                           depth)
+                    batch = hostrun.compile_batch(qm, work / f"{scheme}-h{depth}")
+                    preds, carries = hostrun.trajectory(batch, qm, tokens, ids)
+                    row = record(scheme, depth, "int8", preds, carries, macs, peak)
+                    n = min(check_puzzles, len(tokens))
+                    row.reference_checked = n
+                    row.reference_equal = reference_equal(qm, tokens[:n], ids[:n], preds[:, :n],
+                                                          carries[:, :n]) if n else 0
+                    if float_row is not None:
+                        float_row.agreement = float((float_preds[-1] == preds[-1]).all(-1).mean())
+                    if progress is not None:
+                        progress(row)
+    finally:
+        if owned is not None:
+            owned.cleanup()
     return results
 
 
@@ -161,18 +209,24 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def label(r: SchemeResult) -> str:
+    return r.scheme if r.activations == "float" else f"{r.scheme} a8"
+
+
 def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int) -> str:
     lines = [f"# {title}", "",
-             "| scheme | H cycles | bits | cell | puzzle-exact | fidelity (mean) | "
+             "Activations: float (fp32) or int8 (static INT8, the firmware's arithmetic: the "
+             "generated C run on the host).", "",
+             "| scheme | activations | H cycles | bits | cell | puzzle-exact | fidelity (mean) | "
              "fidelity (last step) | weight bytes | MACs per puzzle | peak activation bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.scheme} | {r.h_cycles} | {r.bits} | {100 * r.cell:.2f}% | "
-                     f"{100 * r.exact:.2f}% | "
+        lines.append(f"| {r.scheme} | {r.activations} | {r.h_cycles} | {r.bits} | "
+                     f"{100 * r.cell:.2f}% | {100 * r.exact:.2f}% | "
                      f"{r.fidelity:.4f} | {r.fidelity_per_step[-1]:.4f} | {r.weight_bytes:,} | "
                      f"{r.macs_per_puzzle:,} | {r.peak_activation_bytes:,} |")
-    base = next((r for r in results
-                 if r.scheme == "fp32" and r.h_cycles == trained_h_cycles), None)
+    base = next((r for r in results if r.scheme == "fp32" and r.activations == "float"
+                 and r.h_cycles == trained_h_cycles), None)
     if base is not None and len(results) > 2:
         loss = [base.exact - r.exact for r in results]
         rho = spearman([-r.fidelity for r in results], loss)
@@ -185,15 +239,22 @@ def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int) -> 
         lines += ["", text]
     agreeing = [r for r in results if r.agreement is not None]
     if agreeing:
-        lines += ["", "Answers of this float-activation path that equal the integer reference "
-                      "(the firmware's bits, INT8 activations):", ""]
-        lines += [f"- {r.scheme}: {100 * r.agreement:.1f}% of puzzles" for r in agreeing]
+        lines += ["", "Float-activation answers equal to the firmware's answers (the int8 row "
+                      "of the same scheme and depth):", ""]
+        lines += [f"- {r.scheme}, H cycles {r.h_cycles}: {100 * r.agreement:.1f}% of puzzles"
+                  for r in agreeing]
+    checked = [r for r in results if r.reference_checked]
+    if checked:
+        lines += ["", "Int8 rows against the numpy integer reference (tokens and carry y after "
+                      "every step, byte for byte):", ""]
+        lines += [f"- {r.scheme}, H cycles {r.h_cycles}: {r.reference_equal} of "
+                  f"{r.reference_checked} puzzles equal" for r in checked]
     lines += ["", "Puzzle-exact accuracy after each supervision step:", "",
-              "| scheme | H cycles | " + " | ".join(str(s + 1) for s in
-                                                  range(len(results[0].exact_per_step)))
-              + " |", "|---|---|" + "---|" * len(results[0].exact_per_step)]
+              "| scheme | activations | H cycles | " + " | ".join(
+                  str(s + 1) for s in range(len(results[0].exact_per_step)))
+              + " |", "|---|---|---|" + "---|" * len(results[0].exact_per_step)]
     for r in results:
-        lines.append(f"| {r.scheme} | {r.h_cycles} | "
+        lines.append(f"| {r.scheme} | {r.activations} | {r.h_cycles} | "
                      + " | ".join(f"{100 * e:.1f}%" for e in r.exact_per_step) + " |")
     return "\n".join(lines) + "\n"
 
@@ -210,8 +271,8 @@ def plots(results: list[SchemeResult], out_dir: Path, title: str) -> list[Path]:
     for name, xlabel, xof in specs:
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in results:
-            ax.scatter(xof(r), 100 * r.exact, label=r.scheme)
-            ax.annotate(f"{r.scheme} T{r.h_cycles}", (xof(r), 100 * r.exact), fontsize=7)
+            ax.scatter(xof(r), 100 * r.exact, marker="o" if r.activations == "float" else "s")
+            ax.annotate(f"{label(r)} T{r.h_cycles}", (xof(r), 100 * r.exact), fontsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("puzzle-exact accuracy (%)")
         ax.set_title(title, fontsize=9)

@@ -11,6 +11,7 @@ puzzles from a generated pool instead of a fixed dataset.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
-from . import checkpoint, tasks
+from . import checkpoint, compress, tasks
 from .config import TRMConfig
 from .model import TRM
 
@@ -40,6 +42,8 @@ class TrainOptions:
     eval_every: int = 500
     eval_puzzles: int = 500
     seed: int = 0
+    init: str | None = None          # checkpoint whose weights start the run (fine-tuning)
+    fake_quant: str | None = None    # QAT: block weights fake-quantized in this compress scheme
 
 
 def lr_at(step: int, opts: TrainOptions) -> float:
@@ -93,11 +97,39 @@ class PuzzleStream:
         return torch.from_numpy(np.ascontiguousarray(p)), torch.from_numpy(np.ascontiguousarray(s))
 
 
-def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print) -> TRM:
+def plain_copy(model: TRM) -> TRM:
+    """A copy of `model` without QAT parametrizations: the float master weights."""
+    out = copy.deepcopy(model)
+    for module in out.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+    return out
+
+
+def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print,
+          start: TRM | None = None) -> TRM:
+    """Train from seeded weights, from opts.init, or from the model `start`.
+
+    With opts.fake_quant the block weights go through compress.StraightThrough in every
+    forward pass (quantization-aware training: straight-through rounding, no EMA), and
+    the evaluation sees the rounded weights; the checkpoint holds the float weights.
+    """
     torch.manual_seed(opts.seed)
     model = TRM(config)
+    if start is not None:
+        model.load_state_dict(start.state_dict())
+    elif opts.init is not None:
+        start = checkpoint.load(opts.init)
+        if start.config != config:
+            raise ValueError(f"--init {opts.init!r} has config {start.config}, which differs "
+                             f"from the training config {config}; pass the same --arch and sizes")
+        model.load_state_dict(start.state_dict())
+    if opts.fake_quant is not None:
+        for module in compress.block_linears(model).values():
+            parametrize.register_parametrization(module, "weight",
+                                                 compress.StraightThrough(opts.fake_quant))
     ema = None
-    if opts.ema > 0:
+    if opts.ema > 0 and opts.fake_quant is None:
         ema = TRM(config)
         ema.load_state_dict(model.state_dict())
         ema.requires_grad_(False)
@@ -185,7 +217,7 @@ def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print) -> TR
                      f"({opts.eval_puzzles} held-out puzzles, {config.halt_max_steps} steps)")
             if exact >= best:
                 best = exact
-                checkpoint.save(scored, out_path, training={
+                checkpoint.save(plain_copy(scored), out_path, training={
                     "steps": it + 1, "options": vars(opts), "eval_cell": cell,
                     "eval_exact": exact, "seconds": round(time.time() - t0)})
                 progress(f"saved {out_path}")

@@ -1,0 +1,48 @@
+"""Run an integer model through its generated C on the host, without a full build.
+
+Pipeline stage: quantize -> plan -> emit -> (host gcc) -> run. The sweep uses it for its
+static-INT8 configurations: the numbers then come from the firmware's own arithmetic,
+not from an imitation of it. It compiles firmware/host/batch_main.c with the emitted
+model.c, weights.c and kernels.c, as build does for the host board, and reads back the
+tokens and the carry after every supervision step (run.run_batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import boards, emit, plan, toolchain
+from .quantize import QModel
+
+
+def compile_batch(qm: QModel, work_dir: Path, name: str = "sweep") -> Path:
+    """Emit the C of `qm` into work_dir and build the host bulk runner; returns its path."""
+    work_dir = Path(work_dir)
+    files = emit.render(qm, plan.plan_arena(qm), name[:32], [f"{name}: rrgen sweep"])
+    src = work_dir / "src"
+    emit.write(files, src)
+    generated = [src / "model.c", src / "weights.c", src / "kernels.c"]
+    linked = toolchain.compile_and_link(
+        boards.load_board("host"), [toolchain.FIRMWARE_DIR / "host" / "batch_main.c"] + generated,
+        [toolchain.FIRMWARE_INCLUDE_DIR, src], work_dir, "batch",
+        [f"-DRR_MAX_SEQ_LEN={qm.config.seq_len}", "-O3"])
+    return Path(linked["elf"])
+
+
+def trajectory(batch: Path, qm: QModel, tokens: np.ndarray, ids: np.ndarray,
+               jobs: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions [steps, B, seq_len] and int8 carry y [steps, B, positions * hidden]."""
+    from .run import run_batch
+
+    cfg = qm.config
+    records = run_batch(batch, tokens, carry_bytes=cfg.positions * cfg.hidden_size,
+                        jobs=jobs, puzzle_ids=ids)
+    bad = [r["status"] for r in records if r["status"] != 0]
+    if bad:
+        raise RuntimeError(f"the host model returned status {bad[0]} on "
+                           f"{len(bad)} of {len(records)} puzzles")
+    preds = np.stack([np.stack(r["tokens"]) for r in records], axis=1).astype(np.int64)
+    carries = np.stack([np.stack(r["y"]) for r in records], axis=1).astype(np.float64)
+    return preds, carries
