@@ -8,10 +8,14 @@ Output folder contents:
   src/            the generated C (model.c, weights.c, kernels.c, rr_model_config.h)
   firmware.elf    (Arm boards) with firmware.bin, firmware.map, firmware.ld
   firmware        (host) the protocol over stdin/stdout; batch, the bulk runner
-  report.json     flash and RAM by section, arena, MACs, quantization errors
+  report.json     flash and RAM by section, arena, MACs, quantization errors, per-layer
+                  weight bits (with --bits auto also sensitivities, budget and fidelity)
   report.md       the same for people
   qmodel.npz      the integer model, for run --check (numpy arrays, no pickle)
-  build.json      the board, the checkpoint and the model id
+  build.json      the board, the checkpoint, the weight bits per layer and the model id
+
+With --bits auto, budget.py measures the flash left for block weights, and precision.py
+chooses INT4 or INT8 for each block linear. The final link is checked against the budget.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, boards, calibrate, emit, frontend, plan, quantize, toolchain
+from . import __version__, boards, budget, calibrate, emit, frontend, plan, quantize, toolchain
+from .precision import precision_table
 from .quantize import QModel
 
 log = logging.getLogger("rrgen.build")
@@ -86,17 +91,26 @@ def weight_bytes(qm: QModel) -> int:
     return total
 
 
-def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files) -> dict:
+def precision_label(qm: QModel) -> str:
+    """Name the weight precision: "INT8" or "INT4" when uniform, "INT4 and INT8" for a mixture."""
+    return "INT4 and INT8" if qm.is_mixed() else f"INT{qm.bits}"
+
+
+def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files,
+                precision: dict | None = None) -> dict:
+    """Collect report.json. precision is budget.AutoPrecision.report() of a --bits auto build."""
     cfg = qm.config
     regions = []
     for region in board.memory:
         used = linked["regions"].get(region.name, 0)
         regions.append({"name": region.name, "role": region.role, "origin": region.origin,
                         "length_bytes": region.length, "used_bytes": used})
-    return {
+    report = {
         "rrgen_version": __version__,
         "board": board.name,
         "weight_bits": qm.bits,
+        "weight_precision": precision_label(qm),
+        "layer_bits": qm.layer_bits(),
         "model_id": f"0x{qm.model_id():08x}",
         "config": json.loads(cfg.to_json()),
         "arena": {"bytes": layout.arena_bytes, "lower_bound_bytes": layout.lower_bound_bytes,
@@ -114,10 +128,13 @@ def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files
         "scales": {k: v for k, v in qm.scales.items() if isinstance(v, float)},
         "generated_files": sorted(files),
     }
+    if precision is not None:
+        report["precision"] = precision
+    return report
 
 
 def report_markdown(report: dict, command: str) -> str:
-    lines = [f"# rrgen build report: {report['board']}, INT{report['weight_bits']} weights", "",
+    lines = [f"# rrgen build report: {report['board']}, {report['weight_precision']} weights", "",
              f"Command: `{command}`", "",
              f"Model id {report['model_id']}, config `{json.dumps(report['config'])}`", "",
              "## Memory", "", "| section | address | bytes |", "|---|---|---|"]
@@ -143,7 +160,31 @@ def report_markdown(report: dict, command: str) -> str:
               "| weight | error |", "|---|---|"]
     for name, err in report["quantization_error"].items():
         lines.append(f"| {name} | {err:.4f} |")
+    if "precision" in report:
+        lines += ["", *precision_markdown(report["precision"])]
     return "\n".join(lines) + "\n"
+
+
+def precision_markdown(p: dict) -> list[str]:
+    """Format the "Precision" section of report.md for a --bits auto build."""
+    if p["flash_budget_bytes"] is None:
+        against = "no flash budget (host board), so every layer stays INT8"
+    elif p["other_flash_bytes"] is None:
+        against = f"a weight budget of {p['weight_budget_bytes']} bytes (--flash-budget on the host)"
+    else:
+        against = (f"a weight budget of {p['weight_budget_bytes']} bytes: the flash budget of "
+                  f"{p['flash_budget_bytes']} bytes minus {p['other_flash_bytes']} bytes for "
+                  f"the rest of the firmware and a {p['alignment_margin_bytes']}-byte "
+                  "alignment margin")
+    return ["## Precision (--bits auto)", "",
+            f"{p['int4_layers']} of {p['layers']} block linears are INT4. Block weights take "
+            f"{p['weight_bytes']} bytes against {against}.", "",
+            f"Carry fidelity (mean cosine of the integer carry y with fp32 over every "
+            f"supervision step of {p['fidelity_puzzles']} calibration puzzles): "
+            f"{p['fidelity']:.4f}; all INT8: {p['int8_fidelity']:.4f}. Sensitivity is the "
+            "fidelity lost when only that layer is INT4; layers were demoted in order of "
+            "sensitivity per byte saved.", "",
+            precision_table(p["layer_bits"], p["layer_weight_bytes"], p["sensitivity"]).rstrip()]
 
 
 def _fit_error(board, link_error: str) -> BuildError:
@@ -174,10 +215,82 @@ def check_out_dir(out_dir: Path) -> None:
                          "pass a writable --out") from None
 
 
-def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: str | Path,
+def check_build_options(board, bits, flash_budget, layer_bits) -> None:
+    """Reject --bits and --flash-budget values before any work, naming the value and the fix."""
+    if bits not in (4, 8, "auto"):
+        raise BuildError(f"--bits {bits} is not supported; use 4, 8 or auto")
+    if layer_bits is not None and bits == "auto":
+        raise BuildError("layer_bits and --bits auto both set the weight bits; pass only one")
+    if flash_budget is None:
+        return
+    if isinstance(flash_budget, bool) or not isinstance(flash_budget, int) or flash_budget < 1:
+        raise BuildError(f"--flash-budget {flash_budget} is invalid; use a positive number "
+                         "of bytes")
+    if not board.is_host and flash_budget > board.flash_bytes:
+        raise BuildError(f"--flash-budget {flash_budget} exceeds the {board.flash_bytes} bytes "
+                         f"of flash on board {board.name!r}; use at most that")
+
+
+def link_firmware(board, qm: QModel, files: dict[str, str], folder: Path) -> dict:
+    """Write the generated sources to folder/src and link folder/firmware for board.
+
+    Returns toolchain.compile_and_link's result. A link that overflows a memory region
+    raises BuildError naming the region.
+    """
+    src = folder / "src"
+    emit.write(files, src)
+    generated = [src / "model.c", src / "weights.c", src / "kernels.c"]
+    includes = [toolchain.FIRMWARE_INCLUDE_DIR, src]
+    defines = [f"-DRR_MAX_SEQ_LEN={qm.config.seq_len}"]
+    try:
+        linked = toolchain.compile_and_link(board, toolchain.firmware_sources(board) + generated,
+                                            includes, folder, "firmware", defines)
+        if board.is_host:
+            # The bulk runner is for throughput: -O3 -march=native. Integer C without
+            # undefined behaviour gives the same bits at any optimization level, and the
+            # bit-exact tests run this very binary.
+            toolchain.compile_and_link(board, [toolchain.FIRMWARE_DIR / "host" / "batch_main.c"]
+                                       + generated, includes, folder, "batch",
+                                       defines + ["-O3", "-march=native"])
+    except toolchain.ToolchainError as err:
+        text = str(err)
+        if "linking" in text and ("rrgen:" in text or "overflow" in text or "will not fit" in text):
+            raise _fit_error(board, text) from None
+        raise
+    return linked
+
+
+def check_flash_budget(board, qm: QModel, linked: dict, flash_budget: int | None) -> None:
+    """Raise BuildError when the linked firmware uses more flash than flash_budget.
+
+    The host board has no flash, so there the budget bounds the block weights alone.
+    """
+    if flash_budget is None:
+        return
+    if board.is_host:
+        used, part = weight_bytes(qm), "block weights"
+    else:
+        used, part = linked["regions"][board.placement.code], "firmware"
+    if used > flash_budget:
+        raise BuildError(f"the {part} use {used} bytes, over the flash budget of {flash_budget} "
+                         f"bytes on board {board.name!r}; raise --flash-budget, use --bits auto "
+                         "or 4, or use a smaller model")
+
+
+def build(model_path: str | Path | None, board_name: str, bits: int | str, out_dir: str | Path,
           calibration_puzzles: int = 64, command: str | None = None,
-          public_config: str | Path | None = None, task: str | None = None) -> BuildResult:
+          public_config: str | Path | None = None, task: str | None = None,
+          flash_budget: int | None = None,
+          layer_bits: dict[str, int] | None = None) -> BuildResult:
+    """Quantize, emit, compile, link and report into out_dir; see the module docstring.
+
+    bits: 4, 8 or "auto" (each block linear INT4 or INT8, chosen by precision.py to fit
+    flash_budget). flash_budget: flash bytes the firmware may use (default: all of the
+    board's flash); on the host it bounds the block weights. layer_bits sets single
+    layers' bits by hand (keys as QModel.errors), with bits as the default.
+    """
     board = boards.load_board(board_name)
+    check_build_options(board, bits, flash_budget, layer_bits)
     if calibration_puzzles < 1:
         raise BuildError(f"--calibration {calibration_puzzles} is invalid; use 1 or more puzzles")
     check_out_dir(Path(out_dir))
@@ -190,49 +303,41 @@ def build(model_path: str | Path | None, board_name: str, bits: int, out_dir: st
     out_dir = Path(out_dir)
 
     tokens, ids = calibrate.calibration_data(model.config, calibration_puzzles)
-    qm = quantize.quantize_model(model, bits=bits, calibration_tokens=tokens,
-                                 calibration_ids=ids)
-    layout = plan.plan_arena(qm)
-    log.info("arena %d bytes (lower bound %d, without reuse %d)", layout.arena_bytes,
-             layout.lower_bound_bytes, layout.no_reuse_bytes)
-
-    name = f"{model_path.stem}-int{bits}"
-    provenance = [f"rrgen commit {git_commit()}", f"command: {command}",
-                  f"checkpoint {model_path.name} sha256 {sha256_file(model_path)}",
-                  f"weights INT{bits} per channel, {calibration_puzzles} calibration puzzles, "
-                  f"model id 0x{qm.model_id():08x}"]
-    files = emit.render(qm, layout, name[:32], provenance)
-
+    graph, stats = quantize.calibrate_model(model, calibration_tokens=tokens,
+                                            calibration_ids=ids)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        src = staging / "src"
-        emit.write(files, src)
-        generated = [src / "model.c", src / "weights.c", src / "kernels.c"]
-        includes = [toolchain.FIRMWARE_INCLUDE_DIR, src]
-        defines = [f"-DRR_MAX_SEQ_LEN={qm.config.seq_len}"]
-        try:
-            linked = toolchain.compile_and_link(board, toolchain.firmware_sources(board) + generated,
-                                                includes, staging, "firmware", defines)
-            if board.is_host:
-                # The bulk runner is for throughput: -O3 -march=native. Integer C without
-                # undefined behaviour gives the same bits at any optimization level, and the
-                # bit-exact tests run this very binary.
-                toolchain.compile_and_link(board, [toolchain.FIRMWARE_DIR / "host" / "batch_main.c"]
-                                           + generated, includes, staging, "batch",
-                                           defines + ["-O3", "-march=native"])
-        except toolchain.ToolchainError as err:
-            text = str(err)
-            if "linking" in text and ("rrgen:" in text or "overflow" in text or "will not fit" in text):
-                raise _fit_error(board, text) from None
-            raise
+        auto = None
+        if bits == "auto":
+            auto = budget.choose_for_board(model, graph, stats, board, flash_budget,
+                                           (tokens, ids), staging / "probe")
+            shutil.rmtree(staging / "probe", ignore_errors=True)
+            qm = quantize.quantize_with_stats(model, graph, stats, 8, auto.choice.layer_bits)
+        else:
+            qm = quantize.quantize_with_stats(model, graph, stats, bits, layer_bits)
+        layout = plan.plan_arena(qm)
+        log.info("arena %d bytes (lower bound %d, without reuse %d)", layout.arena_bytes,
+                 layout.lower_bound_bytes, layout.no_reuse_bytes)
+
+        label = precision_label(qm)
+        name = f"{model_path.stem}-{label.lower().replace(' ', '-')}"
+        provenance = [f"rrgen commit {git_commit()}", f"command: {command}",
+                      f"checkpoint {model_path.name} sha256 {sha256_file(model_path)}",
+                      f"weights {label} per channel{' (--bits auto)' if auto else ''}, "
+                      f"{calibration_puzzles} calibration puzzles, model id 0x{qm.model_id():08x}"]
+        files = emit.render(qm, layout, name[:32], provenance)
+        linked = link_firmware(board, qm, files, staging)
+        check_flash_budget(board, qm, linked, flash_budget)
 
         quantize.save_qmodel(qm, staging / "qmodel.npz")
-        report = make_report(qm, layout, board, linked, files)
+        report = make_report(qm, layout, board, linked, files,
+                             None if auto is None else auto.report())
         (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         (staging / "report.md").write_text(report_markdown(report, command))
         (staging / "build.json").write_text(json.dumps({
-            "model": str(model_path.resolve()), "bits": bits, "board": board.name,
+            "model": str(model_path.resolve()), "bits": bits, "layer_bits": qm.layer_bits(),
+            "flash_budget": flash_budget, "board": board.name,
             "task": qm.config.task, "seq_len": qm.config.seq_len,
             "num_puzzle_identifiers": qm.config.num_puzzle_identifiers,
             "calibration_puzzles": calibration_puzzles, "model_id": qm.model_id(),

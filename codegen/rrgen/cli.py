@@ -54,14 +54,51 @@ def cmd_train(args) -> int:
     return 0
 
 
+def parse_bits(value: str) -> int | str:
+    """Parse --bits of build: 4, 8 or auto."""
+    if value in ("4", "8"):
+        return int(value)
+    if value == "auto":
+        return value
+    raise UserError(f"--bits {value} is not supported; use 4, 8 or auto")
+
+
+def parse_flash_budget(value: str | None) -> int | None:
+    """Parse --flash-budget: a positive number of bytes, or None when not given."""
+    if value is None:
+        return None
+    try:
+        budget = int(value)
+    except ValueError:
+        budget = 0
+    if budget < 1:
+        raise UserError(f"--flash-budget {value} is invalid; use a positive number of bytes "
+                        "such as 131072")
+    return budget
+
+
+def precision_summary(p: dict) -> str:
+    """Format one line on the layers that --bits auto made INT4, their weight bytes and fidelity."""
+    if p["flash_budget_bytes"] is None:
+        against = "(no flash budget on the host)"
+    else:
+        against = f"of {p['weight_budget_bytes']:,} bytes"
+    return (f"auto precision: {p['int4_layers']} of {plural(p['layers'], 'layer')} INT4, "
+            f"weights {p['weight_bytes']:,} {against}, fidelity {p['fidelity']:.4f}")
+
+
 def cmd_build(args) -> int:
     from .build import build
 
+    bits = parse_bits(args.bits)
+    flash_budget = parse_flash_budget(args.flash_budget)
     out = Path(args.out or f"build/{args.board}")
-    result = build(args.model, args.board, args.bits, out, args.calibration,
-                   public_config=args.public_config, task=args.task)
+    result = build(args.model, args.board, bits, out, args.calibration,
+                   public_config=args.public_config, task=args.task, flash_budget=flash_budget)
     r = result.report
-    print(f"built {r['board']} INT{r['weight_bits']} model {r['model_id']} in {out}/")
+    print(f"built {r['board']} {r['weight_precision']} model {r['model_id']} in {out}/")
+    if "precision" in r:
+        print(f"  {precision_summary(r['precision'])}")
     for region in r["regions"]:
         print(f"  {region['name']:10s} {region['used_bytes']:9d} of {region['length_bytes']:9d} bytes")
     a = r["arena"]
@@ -340,7 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="quantize, emit C and build firmware for a board")
     p.add_argument("--board", required=True, help="board name: stm32h7, mps2-an500 or host")
-    p.add_argument("--bits", type=int, choices=(4, 8), default=8, help="weight bits (default 8)")
+    p.add_argument("--bits", default="8",
+                   help="block weight bits: 4, 8, or auto (INT4 or INT8 per layer, the "
+                   "highest fidelity that fits --flash-budget); default 8")
+    p.add_argument("--flash-budget", metavar="BYTES",
+                   help="flash bytes the firmware may use (default: all of the board's "
+                   "flash); on the host it bounds the block weights")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--public-config", help=PUBLIC_HELP)
     p.add_argument("--task", choices=("sudoku", "maze", "arc"),

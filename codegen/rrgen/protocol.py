@@ -217,7 +217,7 @@ class Info:
     seq_len: int
     positions: int              # puzzle_emb_len + seq_len, rows of the carry
     hidden_size: int
-    weight_bits: int
+    weight_bits: int            # 4 or 8; 4 when the model mixes INT4 and INT8 layers
     h_cycles: int
     l_cycles: int
     l_layers: int

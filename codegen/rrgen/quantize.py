@@ -20,7 +20,9 @@ Convention: real = scale * q, zero point 0, everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -94,7 +96,7 @@ class QAdd:
 @dataclass
 class QModel:
     config: TRMConfig
-    bits: int
+    bits: int                              # block weight bits; the smallest one when layers mix
     graph: BlockGraph
     blocks: list[dict]                     # per block (L blocks, then HRM's H blocks): node -> params
     scales: dict = field(default_factory=dict)
@@ -109,13 +111,29 @@ class QModel:
     errors: dict = field(default_factory=dict)  # per-weight relative quantization error
 
     def model_id(self) -> int:
-        """First 4 bytes (little-endian) of a SHA-256 over every integer parameter."""
+        """First 4 bytes (little-endian) of a SHA-256 over every integer parameter.
+
+        A mixture of INT4 and INT8 layers also hashes its per-layer bits. A uniform model
+        hashes only `bits`, so its id is the same as before mixtures existed.
+        """
         h = hashlib.sha256()
         h.update(self.config.to_json().encode())
         h.update(bytes([self.bits]))
+        if self.is_mixed():
+            h.update(json.dumps(self.layer_bits(), sort_keys=True).encode())
         for arr in self.arrays():
             h.update(np.ascontiguousarray(arr).tobytes())
         return int.from_bytes(h.digest()[:4], "little")
+
+    def layer_bits(self) -> dict[str, int]:
+        """Map every block linear, keyed as `errors` ("L{block}.{weight name}"), to its bits."""
+        return {linear_key(layer, node): block[node.name].bits
+                for layer, block in enumerate(self.blocks)
+                for node in self.graph.nodes if node.op == "linear"}
+
+    def is_mixed(self) -> bool:
+        """Return True when the block linears do not all have the same weight bits."""
+        return len(set(self.layer_bits().values())) > 1
 
     def arrays(self):
         for a in (self.embed, self.puzzle, self.h_init, self.l_init):
@@ -140,6 +158,37 @@ class QModel:
         yield self.q_head.bias
         for add in (self.add_z, self.add_y):
             yield np.array(add.weights + [add.multiplier, add.shift])
+
+
+def linear_key(layer: int, node) -> str:
+    """Return the key of one block linear in layer_bits and QModel.errors: "L{layer}.{weight}"."""
+    return f"L{layer}.{node.attrs['weight']}"
+
+
+def linear_keys(config: TRMConfig, graph: BlockGraph) -> list[str]:
+    """List every block linear's key, block by block in graph order."""
+    return [linear_key(layer, node) for layer in range(calibrate.block_count(config))
+            for node in graph.nodes if node.op == "linear"]
+
+
+def resolve_layer_bits(config: TRMConfig, graph: BlockGraph, bits: int,
+                       layer_bits: dict[str, int] | None) -> dict[str, int]:
+    """Resolve the bits of every block linear: `bits`, overridden per key by `layer_bits`.
+
+    Raises ValueError for an unknown key (naming the valid keys) or bits other than 4 or 8.
+    """
+    if bits not in (4, 8):
+        raise ValueError(f"--bits {bits} is not supported; use 4 or 8")
+    keys = linear_keys(config, graph)
+    resolved = dict.fromkeys(keys, bits)
+    for key, value in (layer_bits or {}).items():
+        if key not in resolved:
+            raise ValueError(f"layer_bits names unknown layer {key!r}; valid layers: "
+                             f"{', '.join(keys)}")
+        if value not in (4, 8):
+            raise ValueError(f"layer_bits[{key!r}] = {value!r} is not supported; use 4 or 8")
+        resolved[key] = value
+    return resolved
 
 
 def act_scale(maxabs: float, qmax: int = INT8_MAX) -> float:
@@ -237,10 +286,28 @@ def make_attention(node, positions: int, s_q: float, s_k: float, s_v: float,
 
 def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
                    calibration_tokens: np.ndarray | None = None,
-                   calibration_ids: np.ndarray | None = None) -> QModel:
-    """Trace, calibrate and quantize `model`; weights INT8 or INT4, activations INT8."""
+                   calibration_ids: np.ndarray | None = None,
+                   layer_bits: dict[str, int] | None = None) -> QModel:
+    """Trace, calibrate and quantize `model`; weights INT8 or INT4, activations INT8.
+
+    layer_bits sets the weight bits of single block linears ({"L0.mlp.down_proj.weight":
+    4, ...}, the keys of QModel.errors); the others get `bits`.
+    """
     if bits not in (4, 8):
         raise ValueError(f"--bits {bits} is not supported; use 4 or 8")
+    graph, stats = calibrate_model(model, calibration_puzzles, calibration_tokens,
+                                   calibration_ids)
+    return quantize_with_stats(model, graph, stats, bits, layer_bits)
+
+
+def calibrate_model(model: TRM, calibration_puzzles: int = 64,
+                    calibration_tokens: np.ndarray | None = None,
+                    calibration_ids: np.ndarray | None = None) -> tuple[BlockGraph, Stats]:
+    """Check and trace `model`, then collect its activation statistics.
+
+    The statistics do not depend on the weight bits, so one call serves any number of
+    quantize_with_stats calls with different layer_bits.
+    """
     cfg = model.config
     for name, tensor in model.state_dict().items():
         if not torch.isfinite(tensor).all():
@@ -258,16 +325,20 @@ def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
              cfg.halt_max_steps)
     ids = None if calibration_ids is None else torch.from_numpy(np.asarray(calibration_ids))
     stats = calibrate.collect(model, graph, torch.from_numpy(calibration_tokens), puzzle_ids=ids)
-    return quantize_with_stats(model, graph, stats, bits)
+    return graph, stats
 
 
-def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int) -> QModel:
+def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int,
+                        layer_bits: dict[str, int] | None = None) -> QModel:
+    """Quantize `model` with the statistics of calibrate_model; layer_bits as in quantize_model."""
     cfg = model.config
+    resolved = resolve_layer_bits(cfg, graph, bits, layer_bits)
     m = stats.maxabs
     s_x = act_scale(m["x_table"])
     s_c = act_scale(m["carry"])
     s_in = act_scale(m["net_in"])
-    qm = QModel(cfg, bits, graph, [], scales={"x": s_x, "carry": s_c, "net_in": s_in})
+    qm = QModel(cfg, min(resolved.values()), graph, [],
+                scales={"x": s_x, "carry": s_c, "net_in": s_in})
     for node in graph.nodes:
         graph.values[node.output].dtype = "int8"
     graph.values[graph.input].dtype = "int8"
@@ -306,11 +377,12 @@ def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int) 
                     scale[node.output] = out_scales[0]
                 rows = stats.rows.get(key)
                 inputs = np.concatenate(rows) if rows else None
-                params[node.name] = quantize_linear(w, bits, scale[node.inputs[0]], out_scales,
+                params[node.name] = quantize_linear(w, resolved[linear_key(layer, node)],
+                                                    scale[node.inputs[0]], out_scales,
                                                     inputs, name=f"layer {layer} {node.name}")
                 qw = params[node.name]
                 err = np.linalg.norm(qw.weight * qw.weight_scale[:, None] - w) / np.linalg.norm(w)
-                qm.errors[f"L{layer}.{node.attrs['weight']}"] = float(err)
+                qm.errors[linear_key(layer, node)] = float(err)
             elif node.op == "glu":
                 s_gate, s_up = scale[node.inputs[0]]
                 s_silu = act_scale(m[(layer, node.name, "silu")])
@@ -360,7 +432,31 @@ def quantize_with_stats(model: TRM, graph: BlockGraph, stats: Stats, bits: int) 
                                 out_range=(-32768, 32767), name="q_head")
     qm.scales.update({"logits": s_logit, "q": s_q})
     for name, err in qm.errors.items():
-        log.info("weight %-36s INT%d relative error %.4f", name, bits, err)
+        log.info("weight %-36s INT%d relative error %.4f", name, resolved[name], err)
+    return qm
+
+
+def mix_bits(uniform: dict[int, QModel], layer_bits: dict[str, int]) -> QModel:
+    """Assemble a mixture from the all-INT8 and all-INT4 QModels of one calibration.
+
+    uniform: {8: QModel, 4: QModel} from quantize_with_stats with the same Stats. The result
+    equals quantize_with_stats(..., 8, layer_bits): a linear's quantization depends on its
+    weight and on activation scales, never on the bits of other layers. This saves the
+    weight-scale search when many mixtures are tried.
+    """
+    base = uniform[8]
+    resolved = resolve_layer_bits(base.config, base.graph, 8, layer_bits)
+    qm = dataclasses.replace(base, bits=min(resolved.values()),
+                             blocks=[dict(params) for params in base.blocks],
+                             errors=dict(base.errors))
+    for layer, params in enumerate(qm.blocks):
+        for node in qm.graph.nodes:
+            if node.op != "linear":
+                continue
+            key = linear_key(layer, node)
+            source = uniform[resolved[key]]
+            params[node.name] = source.blocks[layer][node.name]
+            qm.errors[key] = source.errors[key]
     return qm
 
 
@@ -389,8 +485,6 @@ def unpack_int4(packed: np.ndarray, cols: int) -> np.ndarray:
 
 def save_qmodel(qm: QModel, path) -> None:
     """Write the integer model as .npz (arrays) plus JSON metadata; loads without pickle."""
-    import json
-
     arrays, meta = {}, {"config": json.loads(qm.config.to_json()), "bits": qm.bits,
                         "scales": {k: v for k, v in qm.scales.items() if isinstance(v, float)},
                         "errors": qm.errors, "blocks": [], "adds": {}}
@@ -431,8 +525,6 @@ def save_qmodel(qm: QModel, path) -> None:
 
 def load_qmodel(path) -> QModel:
     """Read a file written by save_qmodel; the block graph is traced again from the config."""
-    import json
-
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     meta = json.loads(arrays.pop("meta").tobytes().decode())

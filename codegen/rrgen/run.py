@@ -151,7 +151,9 @@ def run_puzzles(client: Client, tokens: np.ndarray, qm=None, max_steps: int = 0,
     task = task or tasks.get_task("sudoku")
     summary = RunSummary()
     device = client.info()
-    printer(f"device: model {device.name!r} id 0x{device.model_id:08x}, INT{device.weight_bits} "
+    # INFO carries one weight_bits byte, the smallest when layers mix, so the mixture comes from the build.
+    bits = "INT4 and INT8" if qm is not None and qm.is_mixed() else f"INT{device.weight_bits}"
+    printer(f"device: model {device.name!r} id 0x{device.model_id:08x}, {bits} "
             f"weights, arena {device.arena_bytes} bytes, {device.positions}x{device.hidden_size} carry")
     if qm is not None and device.model_id != qm.model_id():
         raise BuildError(f"device runs model id 0x{device.model_id:08x}, the build folder contains "

@@ -27,7 +27,7 @@ typedef struct {
     uint16_t seq_len;                /* puzzle positions, tokens per request */
     uint16_t positions;              /* puzzle_emb_len + seq_len, rows of the carry */
     uint16_t hidden_size;
-    uint8_t weight_bits;             /* 4 or 8 */
+    uint8_t weight_bits;             /* 4 or 8; with INT4 and INT8 layers mixed, 4 */
     uint8_t h_cycles;                /* T */
     uint8_t l_cycles;                /* n */
     uint8_t l_layers;
