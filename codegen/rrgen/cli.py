@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
         raise UserError(f"--arch: {err}") from None
     config = dataclasses.replace(base, **overrides)
     opts = TrainOptions(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                        pool=args.pool, eval_every=args.eval_every)
+                        pool=args.pool, eval_every=args.eval_every, init=args.init)
     print(f"training {config} for {opts.steps} steps, batch {opts.batch}", flush=True)
     train(config, opts, Path(args.out), progress=lambda line: print(line, flush=True))
     print(f"checkpoint: {args.out}")
@@ -273,6 +273,13 @@ def cmd_sweep(args) -> int:
     schemes = args.schemes.split(",") if args.schemes else list(compress.SCHEMES)
     for scheme in schemes:
         compress.check_scheme(scheme)
+    activations = args.activations.split(",")
+    if not activations or any(a not in ("float", "int8") for a in activations):
+        raise UserError(f"--activations {args.activations!r} is invalid; use float, int8 or "
+                        "float,int8")
+    if "int4-qat" in schemes and args.qat_steps < 1:
+        raise UserError(f"--qat-steps {args.qat_steps} is invalid; use 1 or more, or leave "
+                        "int4-qat out of --schemes")
     try:
         depths = [int(v) for v in args.h_cycles.split(",")] if args.h_cycles else None
     except ValueError:
@@ -299,24 +306,41 @@ def cmd_sweep(args) -> int:
     print(f"sweep of {len(schemes)} weight schemes at H_cycles {depths} on {args.puzzles} held-out {task.name} "
           f"puzzles (seed {args.seed}), {cfg.halt_max_steps} supervision steps", flush=True)
     rows = compress.calibration_rows(model, cal_tokens, cal_ids) if "int4" in schemes else None
-    bar = tqdm(total=len(schemes) * len(depths), unit="config", disable=args.quiet)
+    qat_model = None
+    if "int4-qat" in schemes:
+        from .train import TrainOptions, train
+
+        opts = TrainOptions(steps=args.qat_steps, batch=64, lr=1e-4, ema=0.0, pool=2000,
+                            warmup_steps=max(1, args.qat_steps // 10), eval_every=args.qat_steps,
+                            eval_puzzles=200, fake_quant="int4-qat")
+        print(f"quantization-aware fine-tune: {opts.steps} steps, batch {opts.batch}, "
+              f"lr {opts.lr:g}, per-tensor INT4 weights with straight-through rounding", flush=True)
+        with tempfile.TemporaryDirectory(prefix="rrgen-qat-") as tmp:
+            qat_model = train(cfg, opts, Path(tmp) / "qat.safetensors",
+                              progress=lambda line: args.quiet or print(line, flush=True),
+                              start=model)
+    configs = sum(len(depths) * (1 + ("int8" in activations and s in compress.INTEGER_SCHEMES)
+                                 - ("float" not in activations)) for s in schemes)
+    bar = tqdm(total=configs, unit="config", disable=args.quiet)
 
     def progress(result):
         bar.update(1)
-        bar.write(f"{result.scheme:11s} T={result.h_cycles} cell {100 * result.cell:6.2f}%  puzzle-exact "
-                  f"{100 * result.exact:6.2f}%  fidelity {result.fidelity:.4f}")
+        bar.write(f"{sweep.label(result):14s} T={result.h_cycles} cell {100 * result.cell:6.2f}%  "
+                  f"puzzle-exact {100 * result.exact:6.2f}%  fidelity {result.fidelity:.4f}")
 
     results = sweep.run(model, inputs, labels, ids, rows, schemes, progress, depths,
-                        calibration=(cal_tokens, cal_ids))
+                        calibration=(cal_tokens, cal_ids), activations=activations,
+                        qat_model=qat_model, check_puzzles=args.check_puzzles)
     bar.close()
     name = Path(str(getattr(model, "source_path", args.model or "model"))).stem
     meta = {"model": str(getattr(model, "source_path", args.model)), "task": task.name,
             "puzzles": args.puzzles, "seed": args.seed, "calibration": args.calibration,
-            "config": json.loads(cfg.to_json()), "activations": "float32"}
+            "config": json.loads(cfg.to_json()), "activations": activations,
+            "qat_steps": args.qat_steps if qat_model is not None else 0}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         sweep.write(results, staging, f"Weight schemes of {name} on {args.puzzles} {task.name} "
-                                      "puzzles (float activations)", meta)
+                                      "puzzles", meta)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -371,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l-cycles", type=int, help="n, z updates per cycle (default 3)")
     p.add_argument("--max-steps", type=int, help="supervision steps (default 8)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--init", help="start from this checkpoint's weights (same --arch)")
     p.add_argument("--arch", default="sudoku-mlp",
                    help="zoo configuration: sudoku-mlp, sudoku-att, maze-att or hrm-maze")
     p.set_defaults(func=cmd_train)
@@ -440,11 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (sweep.md, sweep.json, PNG plots)")
     p.add_argument("--puzzles", type=int, default=200, help="held-out puzzles (default 200)")
     p.add_argument("--seed", type=int, default=2, help="seed of the held-out puzzles (test split: 2)")
-    p.add_argument("--calibration", type=int, default=64, help="calibration puzzles for int4")
+    p.add_argument("--calibration", type=int, default=64, help="calibration puzzles (int4 and int8 activations)")
     p.add_argument("--schemes", help="comma-separated subset of: fp32, fp16, bf16, int8, "
-                   "int4-naive, int4, int4-g128, int4-g32, prune25 (default: all)")
+                   "int4-naive, int4, int4-g128, int4-g32, int4-qat, prune25 (default: all)")
     p.add_argument("--h-cycles", help="comma-separated H_cycles values to run each scheme at "
                    "(default: the model's)")
+    p.add_argument("--activations", default="float,int8",
+                   help="float, int8 (static INT8, run as the generated C) or both (default)")
+    p.add_argument("--qat-steps", type=int, default=300,
+                   help="fine-tuning steps of the int4-qat scheme (default 300)")
+    p.add_argument("--check-puzzles", type=int, default=20,
+                   help="puzzles of each int8 row compared with the numpy reference (default 20)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
