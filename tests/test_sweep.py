@@ -195,3 +195,27 @@ def test_prune25_zeroes_a_quarter_of_swiglu_channels(tiny_model):
     original = tiny_model.L_level.layers[0].mlp
     assert torch.equal(mlp.down_proj.weight[:, ~dead], original.down_proj.weight[:, ~dead])
     assert compress.weight_bytes(tiny_model, "prune25") < compress.weight_bytes(tiny_model, "fp32")
+
+
+def test_sweep_bits_auto_adds_the_mixed_row(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "auto"
+    assert cli.main(["sweep", "--model", str(tiny_checkpoint), "--out", str(out), "--puzzles",
+                     "8", "--calibration", "4", "--quiet", "--threads", "1", "--schemes",
+                     "fp32", "--bits", "auto", "--board", "stm32h7", "--flash-budget", "55000",
+                     "--check-puzzles", "4"]) == 0
+    data = json.loads((out / "sweep.json").read_text())
+    auto = [r for r in data["results"] if r["scheme"] == "auto"]
+    assert len(auto) == 1 and auto[0]["activations"] == "int8"
+    assert auto[0]["reference_equal"] == auto[0]["reference_checked"] == 4
+    precision = data["meta"]["precision"]
+    assert precision["board"] == "stm32h7"
+    assert 0 < precision["int4_layers"] < precision["layers"]    # a real mixture
+    assert auto[0]["weight_bytes"] == precision["weight_bytes"] <= precision["weight_budget_bytes"]
+    assert "## --bits auto" in (out / "sweep.md").read_text()
+
+
+def test_sweep_rejects_uniform_bits(tiny_checkpoint, tmp_path, capsys):
+    code = cli.main(["sweep", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "s"),
+                     "--bits", "4", "--quiet"])
+    assert code == 2
+    assert "--bits 4 is not supported by sweep; use --bits auto" in capsys.readouterr().err

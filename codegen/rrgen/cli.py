@@ -277,6 +277,13 @@ def cmd_sweep(args) -> int:
     if not activations or any(a not in ("float", "int8") for a in activations):
         raise UserError(f"--activations {args.activations!r} is invalid; use float, int8 or "
                         "float,int8")
+    if args.bits is not None and args.bits != "auto":
+        raise UserError(f"--bits {args.bits} is not supported by sweep; use --bits auto (the "
+                        "schemes already cover uniform INT4 and INT8)")
+    if args.bits == "auto" and "int8" not in activations:
+        raise UserError("--bits auto chooses for the firmware, which has INT8 activations; "
+                        "add int8 to --activations")
+    flash_budget = parse_flash_budget(args.flash_budget)
     if "int4-qat" in schemes and args.qat_steps < 1:
         raise UserError(f"--qat-steps {args.qat_steps} is invalid; use 1 or more, or leave "
                         "int4-qat out of --schemes")
@@ -319,8 +326,26 @@ def cmd_sweep(args) -> int:
             qat_model = train(cfg, opts, Path(tmp) / "qat.safetensors",
                               progress=lambda line: args.quiet or print(line, flush=True),
                               start=model)
+    auto_qm = precision = None
+    if args.bits == "auto":
+        from . import boards, budget, build, quantize
+
+        board = boards.load_board(args.board)
+        build.check_build_options(board, "auto", flash_budget, None)
+        graph, stats = quantize.calibrate_model(model, calibration_tokens=cal_tokens,
+                                                calibration_ids=cal_ids)
+        with tempfile.TemporaryDirectory(prefix="rrgen-probe-") as tmp:
+            auto = budget.choose_for_board(model, graph, stats, board, flash_budget,
+                                           (cal_tokens, cal_ids), Path(tmp))
+        auto_qm = quantize.quantize_with_stats(model, graph, stats, 8,
+                                               layer_bits=auto.choice.layer_bits)
+        precision = {"board": board.name, **auto.report(),
+                     "summary": f"Board {board.name}: " + precision_summary(auto.report()),
+                     "table": auto.choice.table()}
+        print(precision["summary"], flush=True)
     configs = sum(len(depths) * (1 + ("int8" in activations and s in compress.INTEGER_SCHEMES)
                                  - ("float" not in activations)) for s in schemes)
+    configs += len(depths) if auto_qm is not None else 0
     bar = tqdm(total=configs, unit="config", disable=args.quiet)
 
     def progress(result):
@@ -330,13 +355,15 @@ def cmd_sweep(args) -> int:
 
     results = sweep.run(model, inputs, labels, ids, rows, schemes, progress, depths,
                         calibration=(cal_tokens, cal_ids), activations=activations,
-                        qat_model=qat_model, check_puzzles=args.check_puzzles)
+                        qat_model=qat_model, check_puzzles=args.check_puzzles, auto_qm=auto_qm)
     bar.close()
     name = Path(str(getattr(model, "source_path", args.model or "model"))).stem
     meta = {"model": str(getattr(model, "source_path", args.model)), "task": task.name,
             "puzzles": args.puzzles, "seed": args.seed, "calibration": args.calibration,
             "config": json.loads(cfg.to_json()), "activations": activations,
             "qat_steps": args.qat_steps if qat_model is not None else 0}
+    if precision is not None:
+        meta["precision"] = precision
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         sweep.write(results, staging, f"Weight schemes of {name} on {args.puzzles} {task.name} "
@@ -474,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float, int8 (static INT8, run as the generated C) or both (default)")
     p.add_argument("--qat-steps", type=int, default=300,
                    help="fine-tuning steps of the int4-qat scheme (default 300)")
+    p.add_argument("--bits", help="auto: add a row with the per-layer INT4/INT8 choice that "
+                   "build --bits auto makes for --board")
+    p.add_argument("--board", default="stm32h7", help="board of --bits auto (default stm32h7)")
+    p.add_argument("--flash-budget", help="flash bytes --bits auto may use (default: the board's)")
     p.add_argument("--check-puzzles", type=int, default=20,
                    help="puzzles of each int8 row compared with the numpy reference (default 20)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

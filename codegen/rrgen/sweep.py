@@ -108,6 +108,12 @@ def with_depth(model: TRM, h_cycles: int) -> TRM:
     return other
 
 
+def build_weight_bytes(qm) -> int:
+    from .build import weight_bytes
+
+    return weight_bytes(qm)
+
+
 def with_depth_qmodel(qm, h_cycles: int):
     other = copy.copy(qm)
     other.config = dataclasses.replace(qm.config, H_cycles=h_cycles)
@@ -131,11 +137,13 @@ def run(model: TRM, tokens: np.ndarray, labels: np.ndarray, ids: np.ndarray,
         h_cycles: list[int] | None = None,
         calibration: tuple[np.ndarray, np.ndarray] | None = None,
         activations=("float",), qat_model: TRM | None = None,
-        work_dir: Path | None = None, check_puzzles: int = 20) -> list[SchemeResult]:
+        work_dir: Path | None = None, check_puzzles: int = 20,
+        auto_qm=None) -> list[SchemeResult]:
     """Evaluate every scheme (at every depth, with every kind of activations) on the same puzzles.
 
     Fidelity is always against the fp32 model at the trained depth. "int8" activations
-    need `calibration` and a `work_dir` for the host build; "int4-qat" needs `qat_model`.
+    need `calibration`; "int4-qat" needs `qat_model`. `auto_qm`, the QModel of a
+    `--bits auto` choice, adds a row "auto" with INT8 activations at every depth.
     """
     import tempfile
 
@@ -152,13 +160,30 @@ def run(model: TRM, tokens: np.ndarray, labels: np.ndarray, ids: np.ndarray,
     def record(scheme, depth, acts, preds, carries, macs, peak):
         per_step = [accuracy(preds[s], labels) for s in range(steps)]
         fidelity = [float(cosine(carries[s], reference[s]).mean()) for s in range(steps)]
-        bits = compress.INTEGER_SCHEMES[scheme] if acts == "int8" else compress.bits_of(scheme)
+        if scheme == "auto":
+            bits, size = auto_qm.bits, build_weight_bytes(auto_qm)
+        else:
+            bits = compress.INTEGER_SCHEMES[scheme] if acts == "int8" else compress.bits_of(scheme)
+            size = compress.weight_bytes(model, scheme, bits)
         result = SchemeResult(
             scheme, depth, bits, per_step[-1][0], per_step[-1][1],
-            float(np.mean(fidelity)), compress.weight_bytes(model, scheme, bits), macs, peak,
+            float(np.mean(fidelity)), size, macs, peak,
             [c for c, _ in per_step], [e for _, e in per_step], fidelity, acts)
         results.append(result)
         return result
+
+    def integer_row(scheme, depth, qm, macs, peak):
+        qm = with_depth_qmodel(qm, depth)
+        batch = hostrun.compile_batch(qm, work / f"{scheme}-h{depth}")
+        preds, carries = hostrun.trajectory(batch, qm, tokens, ids)
+        row = record(scheme, depth, "int8", preds, carries, macs, peak)
+        n = min(check_puzzles, len(tokens))
+        row.reference_checked = n
+        row.reference_equal = reference_equal(qm, tokens[:n], ids[:n], preds[:, :n],
+                                              carries[:, :n]) if n else 0
+        if progress is not None:
+            progress(row)
+        return preds
 
     try:
         for depth in h_cycles or [model.config.H_cycles]:
@@ -174,19 +199,12 @@ def run(model: TRM, tokens: np.ndarray, labels: np.ndarray, ids: np.ndarray,
                     if progress is not None:
                         progress(float_row)
                 if "int8" in activations and scheme in compress.INTEGER_SCHEMES:
-                    qm = with_depth_qmodel(compress.integer_model(source, scheme, calibration),
-                                           depth)
-                    batch = hostrun.compile_batch(qm, work / f"{scheme}-h{depth}")
-                    preds, carries = hostrun.trajectory(batch, qm, tokens, ids)
-                    row = record(scheme, depth, "int8", preds, carries, macs, peak)
-                    n = min(check_puzzles, len(tokens))
-                    row.reference_checked = n
-                    row.reference_equal = reference_equal(qm, tokens[:n], ids[:n], preds[:, :n],
-                                                          carries[:, :n]) if n else 0
+                    qm = compress.integer_model(source, scheme, calibration)
+                    preds = integer_row(scheme, depth, qm, macs, peak)
                     if float_row is not None:
                         float_row.agreement = float((float_preds[-1] == preds[-1]).all(-1).mean())
-                    if progress is not None:
-                        progress(row)
+            if auto_qm is not None:
+                integer_row("auto", depth, auto_qm, macs, peak)
     finally:
         if owned is not None:
             owned.cleanup()
@@ -213,7 +231,8 @@ def label(r: SchemeResult) -> str:
     return r.scheme if r.activations == "float" else f"{r.scheme} a8"
 
 
-def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int) -> str:
+def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int,
+             precision: dict | None = None) -> str:
     lines = [f"# {title}", "",
              "Activations: float (fp32) or int8 (static INT8, the firmware's arithmetic: the "
              "generated C run on the host).", "",
@@ -249,6 +268,8 @@ def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int) -> 
                       "every step, byte for byte):", ""]
         lines += [f"- {r.scheme}, H cycles {r.h_cycles}: {r.reference_equal} of "
                   f"{r.reference_checked} puzzles equal" for r in checked]
+    if precision is not None:
+        lines += ["", "## --bits auto", "", precision["summary"], "", precision["table"]]
     lines += ["", "Puzzle-exact accuracy after each supervision step:", "",
               "| scheme | activations | H cycles | " + " | ".join(
                   str(s + 1) for s in range(len(results[0].exact_per_step)))
@@ -286,7 +307,8 @@ def plots(results: list[SchemeResult], out_dir: Path, title: str) -> list[Path]:
 
 def write(results: list[SchemeResult], out_dir: Path, title: str, meta: dict) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep.md").write_text(markdown(results, title, meta["config"]["H_cycles"]))
+    (out_dir / "sweep.md").write_text(markdown(results, title, meta["config"]["H_cycles"],
+                                               meta.get("precision")))
     (out_dir / "sweep.json").write_text(json.dumps(
         {"meta": meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")
     return [out_dir / "sweep.md", out_dir / "sweep.json"] + plots(results, out_dir, title)
