@@ -179,8 +179,11 @@ def compress_model(model: TRM, scheme: str, rows: dict[str, np.ndarray] | None =
 
 
 class StraightThrough(nn.Module):
-    """Parametrization for quantization-aware training: the forward pass sees the weight
-    rounded as `scheme` stores it, the backward pass treats the rounding as identity."""
+    """Parametrization for quantization-aware training.
+
+    The forward pass uses the weight rounded as `scheme` stores it. The backward pass
+    treats the rounding as identity.
+    """
 
     def __init__(self, scheme: str):
         super().__init__()
@@ -194,7 +197,7 @@ class StraightThrough(nn.Module):
 
 
 def integer_model(model: TRM, scheme: str, calibration: tuple[np.ndarray, np.ndarray]):
-    """The integer QModel of `scheme`: block weights in its format, INT8 activations.
+    """Quantize `model` into the integer QModel of `scheme`: its block weights, INT8 activations.
 
     int8 and int4 are quantize.quantize_model at 8 and 4 bits (what build emits); prune25
     prunes, then quantizes to INT8; int4-naive and int4-qat give every row of a block

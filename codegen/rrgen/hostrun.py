@@ -33,7 +33,7 @@ def compile_batch(qm: QModel, work_dir: Path, name: str = "sweep") -> Path:
 
 def trajectory(batch: Path, qm: QModel, tokens: np.ndarray, ids: np.ndarray,
                jobs: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions [steps, B, seq_len] and int8 carry y [steps, B, positions * hidden]."""
+    """Run the puzzles; return predictions [steps, B, seq_len] and carry y [steps, B, positions * hidden]."""
     from .run import run_batch
 
     cfg = qm.config

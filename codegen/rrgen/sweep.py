@@ -122,7 +122,7 @@ def with_depth_qmodel(qm, h_cycles: int):
 
 def reference_equal(qm, tokens: np.ndarray, ids: np.ndarray, preds: np.ndarray,
                     carries: np.ndarray) -> int:
-    """Puzzles whose C tokens and carry y equal reference.solve at every step."""
+    """Count the puzzles whose C tokens and carry y equal reference.solve at every step."""
     from . import reference
 
     trace = reference.solve(qm, tokens, ids)
@@ -139,7 +139,7 @@ def run(model: TRM, tokens: np.ndarray, labels: np.ndarray, ids: np.ndarray,
         activations=("float",), qat_model: TRM | None = None,
         work_dir: Path | None = None, check_puzzles: int = 20,
         auto_qm=None) -> list[SchemeResult]:
-    """Evaluate every scheme (at every depth, with every kind of activations) on the same puzzles.
+    """Evaluate every scheme at every depth, with each kind of activations, on the same puzzles.
 
     Fidelity is always against the fp32 model at the trained depth. "int8" activations
     need `calibration`; "int4-qat" needs `qat_model`. `auto_qm`, the QModel of a

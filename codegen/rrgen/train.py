@@ -98,7 +98,7 @@ class PuzzleStream:
 
 
 def plain_copy(model: TRM) -> TRM:
-    """A copy of `model` without QAT parametrizations: the float master weights."""
+    """Return a copy of `model` without QAT parametrizations, holding the float master weights."""
     out = copy.deepcopy(model)
     for module in out.modules():
         if parametrize.is_parametrized(module, "weight"):
@@ -112,7 +112,7 @@ def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print,
 
     With opts.fake_quant the block weights go through compress.StraightThrough in every
     forward pass (quantization-aware training: straight-through rounding, no EMA), and
-    the evaluation sees the rounded weights; the checkpoint holds the float weights.
+    the evaluation uses the rounded weights. The checkpoint holds the float weights.
     """
     torch.manual_seed(opts.seed)
     model = TRM(config)
