@@ -117,7 +117,8 @@ def test_linker_script_places_sections():
     script = render_linker_script(load_board("stm32h7"))
     assert "flash (rx) : ORIGIN = 0x08000000, LENGTH = 0x00200000" in script
     assert "KEEP(*(.isr_vector))\n    } > flash" in script
-    assert "*(.rodata.weights .rodata.weights.*)" in script
+    assert ".rr_weights : ALIGN(16)" in script
+    assert "*(.rodata.rr_weights .rodata.rr_weights.*)" in script
     assert "} > dtcm AT > flash" in script
     assert ".arena (NOLOAD) : ALIGN(16)" in script
     assert "} > axi_sram" in script

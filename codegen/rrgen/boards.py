@@ -62,7 +62,7 @@ class Uart:
 class Placement:
     """Memory region of each part of the image."""
 
-    code: str          # vector table, .text, .rodata (weights), .data load image
+    code: str          # vector table, .text, .rr_weights, .rodata, .data load image
     data: str          # .data and .bss
     stack: str         # the stack, at the top of this region
     arena: str         # .arena, the model's activation buffers
@@ -279,8 +279,9 @@ def _template_environment(templates_dir: Path) -> jinja2.Environment:
 def render_linker_script(board: Board, templates_dir: Path = TEMPLATES_DIR) -> str:
     """Render templates/link.ld.j2 for board into a GNU ld script.
 
-    The code region gets the vector table first, then .text, the weights
-    (.rodata.weights*), .rodata and the .data load image. The data region gets .data and
+    The code region gets the vector table first, then .text, the weights (.rr_weights,
+    16-byte aligned, from the input sections .rodata.rr_weights*), .rodata and the .data
+    load image. The data region gets .data and
     .bss, the arena region the NOLOAD .arena (16-byte aligned), and the stack fills the
     top of the stack region. ASSERTs fail the link with a message naming what does not fit.
     """

@@ -8,8 +8,8 @@ linear kernels, the dispatcher and a bits field per linear are linked. This is a
 bound on the code and parameters of any mixture. Its flash use minus its INT4 block weight
 bytes is the rest.
 
-Every weight array starts on a 16-byte boundary (RR_WEIGHTS in weights.c), so when a
-block weight array changes size its padding can grow by up to 15 bytes;
+Every weight array starts on a 16-byte boundary (weights.bin and weights.S, see blob.py),
+so when a block weight array changes size its padding can grow by up to 15 bytes;
 ALIGNMENT_MARGIN_BYTES per block linear covers that. build.check_flash_budget checks the
 final link in any case.
 

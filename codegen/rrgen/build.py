@@ -5,7 +5,8 @@ temporary folder beside the output folder and moved into place only when the bui
 succeeded, so a failed build never leaves a half-written output folder.
 
 Output folder contents:
-  src/            the generated C (model.c, weights.c, kernels.c, rr_model_config.h)
+  src/            the generated sources (model.c, weights.c, kernels.c, rr_model_config.h,
+                  and weights.S, which includes weights.bin: see blob.py)
   firmware.elf    (Arm boards) with firmware.bin, firmware.map, firmware.ld
   firmware        (host) the protocol over stdin/stdout; batch, the bulk runner
   report.json     flash and RAM by section, arena, MACs, quantization errors, per-layer
@@ -187,11 +188,16 @@ def precision_markdown(p: dict) -> list[str]:
             precision_table(p["layer_bits"], p["layer_weight_bytes"], p["sensitivity"]).rstrip()]
 
 
-def _fit_error(board, link_error: str) -> BuildError:
-    reason = next((line for line in link_error.splitlines() if "rrgen:" in line or
-                   "overflowed" in line or "will not fit" in line), link_error.splitlines()[-1])
-    return BuildError(f"the model does not fit board {board.name!r}: {reason.strip()}; "
-                      "use --bits 4, a smaller model, or a board with more memory")
+def _fit_error(board, link_error: str, all_int4: bool) -> BuildError:
+    # ld's "region `flash' overflowed by N bytes" names how much is missing: prefer it.
+    lines = link_error.splitlines()
+    reason = next((line for line in lines if "overflowed by" in line), None)
+    reason = reason or next((line for line in lines if "rrgen:" in line or
+                             "will not fit" in line), lines[-1])
+    fix = "use a smaller model or a board with more memory"
+    if not all_int4:
+        fix = "use --bits 4, a smaller model, or a board with more memory"
+    return BuildError(f"the model does not fit board {board.name!r}: {reason.strip()}; {fix}")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -231,15 +237,15 @@ def check_build_options(board, bits, flash_budget, layer_bits) -> None:
                          f"of flash on board {board.name!r}; use at most that")
 
 
-def link_firmware(board, qm: QModel, files: dict[str, str], folder: Path) -> dict:
+def link_firmware(board, qm: QModel, files: dict[str, str | bytes], folder: Path) -> dict:
     """Write the generated sources to folder/src and link folder/firmware for board.
 
     Returns toolchain.compile_and_link's result. A link that overflows a memory region
-    raises BuildError naming the region.
+    raises BuildError naming the region, and the bytes missing where ld reports them.
     """
     src = folder / "src"
     emit.write(files, src)
-    generated = [src / "model.c", src / "weights.c", src / "kernels.c"]
+    generated = emit.compiled_sources(src)
     includes = [toolchain.FIRMWARE_INCLUDE_DIR, src]
     defines = [f"-DRR_MAX_SEQ_LEN={qm.config.seq_len}"]
     try:
@@ -255,7 +261,8 @@ def link_firmware(board, qm: QModel, files: dict[str, str], folder: Path) -> dic
     except toolchain.ToolchainError as err:
         text = str(err)
         if "linking" in text and ("rrgen:" in text or "overflow" in text or "will not fit" in text):
-            raise _fit_error(board, text) from None
+            all_int4 = set(qm.layer_bits().values()) == {4}
+            raise _fit_error(board, text, all_int4) from None
         raise
     return linked
 

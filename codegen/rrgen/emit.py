@@ -3,6 +3,10 @@
 Pipeline stage: plan -> emit -> build. Rendering is table driven: EMITTERS maps each IR
 op to the kernel call it becomes, so a new op is one entry. Output is deterministic: the
 same QModel and provenance give byte-identical files.
+
+The weight matrices, embedding tables and RoPE tables go into weights.bin, which
+weights.S includes with `.incbin`. weights.c declares them and keeps the small arrays and
+the parameter structs as C initializers. blob.py explains that choice.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from . import __version__
+from . import __version__, blob
 from .calibrate import net_layers
 from .fixedpoint import EXP_HI, EXP_LO, EXP_MAX
 from .plan import ArenaLayout, scratch_name
@@ -26,6 +30,7 @@ FIRMWARE_DIR = REPO_ROOT / "firmware"
 TEMPLATES = {
     "rr_model_config.h": "model_config.h.j2",
     "weights.c": "weights.c.j2",
+    "weights.S": "weights.S.j2",
     "model.c": "model.c.j2",
     "kernels.c": "kernels.c.j2",
 }
@@ -67,10 +72,11 @@ class CArray:
 
 
 class WeightTable:
-    """Collects the const arrays of weights.c."""
+    """Collects the const arrays of weights.c, and the large ones of weights.bin in `blob`."""
 
     def __init__(self):
         self.arrays: list[CArray] = []
+        self.blob = blob.WeightBlob()
 
     def add(self, name: str, values: np.ndarray, ctype: str, comment: str,
             dims: str | None = None) -> str:
@@ -85,12 +91,13 @@ class WeightTable:
         """Arrays of a linear layer; returns its rr_linear_t initializer."""
         if p.bits == 4:
             packed = pack_int4(p.weight).view(np.int8)
-            w = self.add(f"{prefix}_weight", packed, "int8_t",
-                         f"{comment}: INT4 weights [{p.weight.shape[0]}, {packed.shape[1]} bytes], "
-                         "element 2i in the low nibble")
+            w = self.blob.add(f"{prefix}_weight", packed, "int8_t",
+                              f"{comment}: INT4 weights [{p.weight.shape[0]}, "
+                              f"{packed.shape[1]} bytes], element 2i in the low nibble")
         else:
-            w = self.add(f"{prefix}_weight", p.weight, "int8_t",
-                         f"{comment}: INT8 weights [{p.weight.shape[0]}, {p.weight.shape[1]}]")
+            w = self.blob.add(f"{prefix}_weight", p.weight, "int8_t",
+                              f"{comment}: INT8 weights [{p.weight.shape[0]}, "
+                              f"{p.weight.shape[1]}]")
         m = self.add(f"{prefix}_multiplier", p.multiplier, "int32_t", f"{comment}: multipliers")
         s = self.add(f"{prefix}_shift", p.shift, "int32_t", f"{comment}: shifts")
         b = "NULL"
@@ -172,8 +179,8 @@ def node_bits(qm: QModel, runtime_dispatch: bool = False) -> dict[str, int | Non
 
 
 def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
-           runtime_dispatch: bool = False) -> dict[str, str]:
-    """Render every generated file; returns {file name: text}.
+           runtime_dispatch: bool = False) -> dict[str, str | bytes]:
+    """Render every generated file; returns {file name: text}, and bytes for weights.bin.
 
     A linear whose weight bits differ between blocks calls linear_by_bits() with the bits
     stored in the block's parameters; runtime_dispatch (see node_bits) forces that for all.
@@ -247,10 +254,10 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
                 if key not in rope_arrays:
                     n = len(rope_arrays)
                     rope_arrays[key] = (
-                        table.add(f"k_rope{n}_cos", p.cos, "int16_t",
-                                  f"RoPE cos [positions, {p.head_dim // 2}], Q14"),
-                        table.add(f"k_rope{n}_sin", p.sin, "int16_t",
-                                  f"RoPE sin [positions, {p.head_dim // 2}], Q14"))
+                        table.blob.add(f"k_rope{n}_cos", p.cos, "int16_t",
+                                       f"RoPE cos [positions, {p.head_dim // 2}], Q14"),
+                        table.blob.add(f"k_rope{n}_sin", p.sin, "int16_t",
+                                       f"RoPE sin [positions, {p.head_dim // 2}], Q14"))
                 cos, sin = rope_arrays[key]
                 inits.append({"field": node.name, "value":
                               f"{{ .heads = {p.heads}, .head_dim = {p.head_dim}, .cos = {cos}, "
@@ -266,17 +273,18 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
 
     lm_head = table.linear("k_lm_head", qm.lm_head, "lm_head")
     q_head = table.linear("k_q_head", qm.q_head, "q_head")
-    table.arrays.append(CArray("rr_embed", "int8_t", "[RR_VOCAB_SIZE][RR_HIDDEN]",
-                               format_ints(qm.embed), qm.embed.size,
-                               f"token embedding x sqrt(hidden), scale {qm.scales['x']:.9g}"))
-    table.arrays.append(CArray("rr_puzzle_emb", "int8_t", "[RR_NUM_PUZZLE_IDENTIFIERS][RR_HIDDEN]",
-                               format_ints(qm.puzzle), qm.puzzle.size,
-                               f"puzzle embedding x sqrt(hidden), scale {qm.scales['x']:.9g}"))
+    table.blob.add("rr_embed", qm.embed, "int8_t",
+                   f"token embedding x sqrt(hidden), scale {qm.scales['x']:.9g}",
+                   "[RR_VOCAB_SIZE][RR_HIDDEN]")
+    table.blob.add("rr_puzzle_emb", qm.puzzle, "int8_t",
+                   f"puzzle embedding x sqrt(hidden), scale {qm.scales['x']:.9g}",
+                   "[RR_NUM_PUZZLE_IDENTIFIERS][RR_HIDDEN]")
     table.arrays.append(CArray("rr_h_init", "int8_t", "[RR_HIDDEN]", format_ints(qm.h_init),
                                qm.h_init.size, f"H_init, carry scale {qm.scales['carry']:.9g}"))
     table.arrays.append(CArray("rr_l_init", "int8_t", "[RR_HIDDEN]", format_ints(qm.l_init),
                                qm.l_init.size, f"L_init, carry scale {qm.scales['carry']:.9g}"))
 
+    weights_bin = table.blob.data()
     net_l, net_h = net_layers(cfg)
     env = environment()
     context = {
@@ -287,13 +295,18 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
         "banner": banner, "name": name, "cfg": cfg, "bits": qm.bits, "layout": layout,
         "offsets": offsets, "block_fields": fields, "block_steps": steps,
         "arrays": table.arrays, "layers": layers, "model_id": qm.model_id(),
+        "blob_arrays": table.blob.arrays, "blob_file": blob.FILE_NAME,
+        "blob_bytes": len(weights_bin), "section": blob.SECTION,
         "add_z": add_initializer(qm.add_z), "add_y": add_initializer(qm.add_y),
         "lm_head": lm_head, "q_head": q_head,
         "linear_kinds": kinds, "linear_by_bits": bool(dispatched),
         "max_features": max([n.attrs["out_features"] for n in graph.nodes if n.op == "linear"]
                             + [cfg.vocab_size, 2]),
     }
-    return {out: env.get_template(tpl).render(**context) for out, tpl in TEMPLATES.items()}
+    files: dict[str, str | bytes] = {out: env.get_template(tpl).render(**context)
+                                     for out, tpl in TEMPLATES.items()}
+    files[blob.FILE_NAME] = weights_bin
+    return files
 
 
 def linear_kinds(qm: QModel) -> list[str]:
@@ -302,11 +315,20 @@ def linear_kinds(qm: QModel) -> list[str]:
                    for node in qm.graph.nodes if node.op == "linear"})
 
 
-def write(files: dict[str, str], out_dir: Path) -> list[Path]:
+def write(files: dict[str, str | bytes], out_dir: Path) -> list[Path]:
+    """Write render's files into out_dir: text as UTF-8, bytes as they are."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in sorted(files.items()):
+    for name, content in sorted(files.items()):
         path = out_dir / name
-        path.write_text(text, encoding="utf-8")
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def compiled_sources(src: Path) -> list[Path]:
+    """List the generated files in src that the compiler builds (write's output folder)."""
+    return [src / "model.c", src / "weights.c", src / "weights.S", src / "kernels.c"]

@@ -3,7 +3,7 @@
 Pipeline stage: quantize -> plan -> emit -> (host gcc) -> run. The sweep uses it for its
 static-INT8 configurations: the numbers then come from the firmware's own arithmetic,
 not from an imitation of it. It compiles firmware/host/batch_main.c with the emitted
-model.c, weights.c and kernels.c, as build does for the host board, and reads back the
+model.c, weights.c, weights.S and kernels.c, as build does for the host board, and reads back the
 tokens and the carry after every supervision step (run.run_batch).
 """
 
@@ -23,7 +23,7 @@ def compile_batch(qm: QModel, work_dir: Path, name: str = "sweep") -> Path:
     files = emit.render(qm, plan.plan_arena(qm), name[:32], [f"{name}: rrgen sweep"])
     src = work_dir / "src"
     emit.write(files, src)
-    generated = [src / "model.c", src / "weights.c", src / "kernels.c"]
+    generated = emit.compiled_sources(src)
     linked = toolchain.compile_and_link(
         boards.load_board("host"), [toolchain.FIRMWARE_DIR / "host" / "batch_main.c"] + generated,
         [toolchain.FIRMWARE_INCLUDE_DIR, src], work_dir, "batch",

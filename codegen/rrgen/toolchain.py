@@ -109,7 +109,9 @@ def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path]
     Arm boards: each source is compiled with the board's cflags, the link uses the linker
     script rendered from the board file (written to out_dir/<name>.ld), and objcopy and
     size produce <name>.bin and the section sizes. The host board builds one executable
-    with the system gcc. `defines` are extra -D flags, e.g. ["-DRR_MAX_SEQ_LEN=81"].
+    with the system gcc. Sources may be C or assembler (.S); include_dirs are passed to
+    the preprocessor and the assembler. `defines` are extra -D flags, e.g.
+    ["-DRR_MAX_SEQ_LEN=81"].
 
     Returns {"elf": Path, "bin": Path | None, "map": Path | None,
              "linker_script": Path | None, "sections": {name: {"size", "address"}},
@@ -118,7 +120,9 @@ def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path]
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The assembler searches the same folders, for `.incbin` in weights.S.
     includes = [f"-I{path}" for path in include_dirs]
+    includes += [f"-Wa,-I{path}" for path in include_dirs]
     extra = list(board_defines(board)) + list(defines or [])
     if board.is_host:
         return _build_host(board, sources, includes + extra, out_dir, name)
