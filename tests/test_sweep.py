@@ -205,7 +205,8 @@ def test_sweep_bits_auto_adds_the_mixed_row(tiny_checkpoint, tmp_path, capsys):
                      "--check-puzzles", "4"]) == 0
     data = json.loads((out / "sweep.json").read_text())
     auto = [r for r in data["results"] if r["scheme"] == "auto"]
-    assert len(auto) == 1 and auto[0]["activations"] == "int8"
+    assert len(auto) == 1
+    assert auto[0]["activations"] == "int8"
     assert auto[0]["reference_equal"] == auto[0]["reference_checked"] == 4
     precision = data["meta"]["precision"]
     assert precision["board"] == "stm32h7"
@@ -219,3 +220,24 @@ def test_sweep_rejects_uniform_bits(tiny_checkpoint, tmp_path, capsys):
                      "--bits", "4", "--quiet"])
     assert code == 2
     assert "--bits 4 is not supported by sweep; use --bits auto" in capsys.readouterr().err
+
+
+def test_train_init_errors_name_the_option(tmp_path, capsys):
+    code = cli.main(["train", "--init", str(tmp_path / "none.safetensors"), "--out",
+                     str(tmp_path / "x.safetensors"), "--steps", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--init" in err
+    assert "not found" in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_train_init_mismatch_lists_fields(tmp_path, capsys):
+    from rrgen import zoo
+
+    code = cli.main(["train", "--arch", "maze-att", "--init", str(zoo.checkpoint_path("sudoku-mlp")),
+                     "--out", str(tmp_path / "y.safetensors"), "--steps", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "differs from the training config in vocab_size 11" in err
+    assert "TRMConfig(" not in err

@@ -46,10 +46,24 @@ def cmd_train(args) -> int:
     except ValueError as err:
         raise UserError(f"--arch: {err}") from None
     config = dataclasses.replace(base, **overrides)
+    start = None
+    if args.init is not None:
+        from . import checkpoint
+
+        if not Path(args.init).is_file():
+            raise UserError(f"--init {args.init!r} not found; pass a checkpoint written by "
+                            "rrgen train")
+        start = checkpoint.load(args.init)
+        differ = [f"{f.name} {getattr(start.config, f.name)!r} (--arch {args.arch}: "
+                  f"{getattr(config, f.name)!r})" for f in dataclasses.fields(config)
+                  if getattr(start.config, f.name) != getattr(config, f.name)]
+        if differ:
+            raise UserError(f"--init {args.init!r} differs from the training config in "
+                            f"{', '.join(differ)}; pass the --arch and sizes it was trained with")
     opts = TrainOptions(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                        pool=args.pool, eval_every=args.eval_every, init=args.init)
+                        pool=args.pool, eval_every=args.eval_every)
     print(f"training {config} for {opts.steps} steps, batch {opts.batch}", flush=True)
-    train(config, opts, Path(args.out), progress=lambda line: print(line, flush=True))
+    train(config, opts, Path(args.out), progress=lambda line: print(line, flush=True), start=start)
     print(f"checkpoint: {args.out}")
     return 0
 
@@ -340,7 +354,8 @@ def cmd_sweep(args) -> int:
         auto_qm = quantize.quantize_with_stats(model, graph, stats, 8,
                                                layer_bits=auto.choice.layer_bits)
         precision = {"board": board.name, **auto.report(),
-                     "summary": f"Board {board.name}: " + precision_summary(auto.report()),
+                     "summary": f"Board {board.name}: " + precision_summary(auto.report())
+                     + f" (fidelity on {auto.fidelity_puzzles} calibration puzzles)",
                      "table": auto.choice.table()}
         print(precision["summary"], flush=True)
     configs = sum(len(depths) * (1 + ("int8" in activations and s in compress.INTEGER_SCHEMES)
@@ -498,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h-cycles", help="comma-separated H_cycles values to run each scheme at "
                    "(default: the model's)")
     p.add_argument("--activations", default="float,int8",
-                   help="float, int8 (static INT8, run as the generated C) or both (default)")
+                   help="float, int8 (static INT8, run as the generated C) or float,int8 (default)")
     p.add_argument("--qat-steps", type=int, default=300,
                    help="fine-tuning steps of the int4-qat scheme (default 300)")
     p.add_argument("--bits", help="auto: add a row with the per-layer INT4/INT8 choice that "

@@ -232,10 +232,11 @@ def label(r: SchemeResult) -> str:
 
 
 def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int,
-             precision: dict | None = None) -> str:
+             precision: dict | None = None, qat_steps: int = 0) -> str:
     lines = [f"# {title}", "",
              "Activations: float (fp32) or int8 (static INT8, the firmware's arithmetic: the "
-             "generated C run on the host).", "",
+             "generated C run on the host). Markers in the plots: circles float, squares int8.",
+             "",
              "| scheme | activations | H cycles | bits | cell | puzzle-exact | fidelity (mean) | "
              "fidelity (last step) | weight bytes | MACs per puzzle | peak activation bytes |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -268,6 +269,9 @@ def markdown(results: list[SchemeResult], title: str, trained_h_cycles: int,
                       "every step, byte for byte):", ""]
         lines += [f"- {r.scheme}, H cycles {r.h_cycles}: {r.reference_equal} of "
                   f"{r.reference_checked} puzzles equal" for r in checked]
+    if qat_steps:
+        lines += ["", f"int4-qat: naive INT4 after {qat_steps} steps of quantization-aware "
+                      "fine-tuning."]
     if precision is not None:
         lines += ["", "## --bits auto", "", precision["summary"], "", precision["table"]]
     lines += ["", "Puzzle-exact accuracy after each supervision step:", "",
@@ -289,11 +293,15 @@ def plots(results: list[SchemeResult], out_dir: Path, title: str) -> list[Path]:
     specs = [("accuracy_vs_bits.png", "weight bits", lambda r: r.bits),
              ("fidelity_vs_exact.png", "fidelity (mean cosine of carry y)", lambda r: r.fidelity),
              ("accuracy_vs_macs.png", "MACs per puzzle", lambda r: r.macs_per_puzzle)]
+    colors = plt.get_cmap("tab20").colors
     for name, xlabel, xof in specs:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in results:
-            ax.scatter(xof(r), 100 * r.exact, marker="o" if r.activations == "float" else "s")
-            ax.annotate(f"{label(r)} T{r.h_cycles}", (xof(r), 100 * r.exact), fontsize=7)
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for index, r in enumerate(results):
+            ax.scatter(xof(r), 100 * r.exact, color=colors[index % len(colors)],
+                       marker="o" if r.activations == "float" else "s",
+                       label=f"{label(r)} T{r.h_cycles}")
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  ncol=1 + len(results) // 24)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("puzzle-exact accuracy (%)")
         ax.set_title(title, fontsize=9)
@@ -308,7 +316,7 @@ def plots(results: list[SchemeResult], out_dir: Path, title: str) -> list[Path]:
 def write(results: list[SchemeResult], out_dir: Path, title: str, meta: dict) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.md").write_text(markdown(results, title, meta["config"]["H_cycles"],
-                                               meta.get("precision")))
+                                               meta.get("precision"), meta.get("qat_steps", 0)))
     (out_dir / "sweep.json").write_text(json.dumps(
         {"meta": meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")
     return [out_dir / "sweep.md", out_dir / "sweep.json"] + plots(results, out_dir, title)
