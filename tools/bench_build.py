@@ -22,9 +22,10 @@ as a user would, and prints, per board:
   toolchain. A descendant that still runs the Python executable is a child between
   fork and exec: it shares the build's memory, so it is not counted at all. The phases
   come from polling /proc every 20 ms, so each boundary is known to within about 20 ms;
-- peak memory: the largest single process of the tree (ru_maxrss of RUSAGE_CHILDREN,
-  exact), the Python process alone (its VmHWM), the largest toolchain process (VmHWM,
-  last polled value), and the largest sum of VmRSS over the whole tree at one poll.
+- peak memory, four figures. The largest single process of the tree comes from
+  ru_maxrss of RUSAGE_CHILDREN and is exact. The Python process alone is its VmHWM. The
+  largest toolchain process is its VmHWM at the last poll. The tree total is the largest
+  sum of VmRSS over the whole tree at one poll.
 
 A build that runs past --timeout is killed (its process group) and reported as such.
 A build that does not fit the board's flash exits with status 2. The script prints

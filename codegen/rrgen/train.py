@@ -112,7 +112,7 @@ def train(config: TRMConfig, opts: TrainOptions, out_path, progress=print,
 
     With opts.fake_quant the block weights go through compress.StraightThrough in every
     forward pass (quantization-aware training: straight-through rounding, no EMA), and
-    the evaluation uses the rounded weights. The checkpoint holds the float weights.
+    the evaluation uses the rounded weights. The checkpoint contains the float weights.
     """
     torch.manual_seed(opts.seed)
     model = TRM(config)
