@@ -32,7 +32,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, boards, budget, calibrate, emit, frontend, plan, quantize, toolchain
+from . import (__version__, boards, budget, calibrate, emit, frontend, hostrun, plan, quantize,
+               toolchain)
 from .precision import precision_table
 from .quantize import QModel
 
@@ -252,12 +253,7 @@ def link_firmware(board, qm: QModel, files: dict[str, str | bytes], folder: Path
         linked = toolchain.compile_and_link(board, toolchain.firmware_sources(board) + generated,
                                             includes, folder, "firmware", defines)
         if board.is_host:
-            # The bulk runner is for throughput: -O3 -march=native. Integer C without
-            # undefined behaviour gives the same bits at any optimization level, and the
-            # bit-exact tests run this very binary.
-            toolchain.compile_and_link(board, [toolchain.FIRMWARE_DIR / "host" / "batch_main.c"]
-                                       + generated, includes, folder, "batch",
-                                       defines + ["-O3", "-march=native"])
+            hostrun.link_batch(board, generated, src, folder, qm.config.seq_len)
     except toolchain.ToolchainError as err:
         text = str(err)
         if "linking" in text and ("rrgen:" in text or "overflow" in text or "will not fit" in text):

@@ -17,17 +17,27 @@ from . import boards, emit, plan, toolchain
 from .quantize import QModel
 
 
+def link_batch(board, generated: list[Path], src: Path, folder: Path, seq_len: int) -> dict:
+    """Build the host bulk runner (firmware/host/batch_main.c) from the generated sources.
+
+    It is built for throughput with -O3 -march=native. Integer C without undefined
+    behaviour gives the same bits at any optimization level, and the bit-exact tests run
+    this very binary.
+    """
+    return toolchain.compile_and_link(
+        board, [toolchain.FIRMWARE_DIR / "host" / "batch_main.c"] + generated,
+        [toolchain.FIRMWARE_INCLUDE_DIR, src], folder, "batch",
+        [f"-DRR_MAX_SEQ_LEN={seq_len}", "-O3", "-march=native"])
+
+
 def compile_batch(qm: QModel, work_dir: Path, name: str = "sweep") -> Path:
-    """Emit the C of `qm` into work_dir and build the host bulk runner; returns its path."""
+    """Emit the C of `qm` into work_dir and build the host bulk runner; return its path."""
     work_dir = Path(work_dir)
     files = emit.render(qm, plan.plan_arena(qm), name[:32], [f"{name}: rrgen sweep"])
     src = work_dir / "src"
     emit.write(files, src)
-    generated = emit.compiled_sources(src)
-    linked = toolchain.compile_and_link(
-        boards.load_board("host"), [toolchain.FIRMWARE_DIR / "host" / "batch_main.c"] + generated,
-        [toolchain.FIRMWARE_INCLUDE_DIR, src], work_dir, "batch",
-        [f"-DRR_MAX_SEQ_LEN={qm.config.seq_len}", "-O3"])
+    linked = link_batch(boards.load_board("host"), emit.compiled_sources(src), src, work_dir,
+                        qm.config.seq_len)
     return Path(linked["elf"])
 
 
