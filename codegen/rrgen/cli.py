@@ -1,4 +1,4 @@
-"""Command-line interface: train, eval, build, run.
+"""Command-line interface: train, eval, build, flash, run.
 
 Every subcommand reports a user error as one line on stderr and exits with status 2.
 """
@@ -120,6 +120,24 @@ def cmd_build(args) -> int:
           f"without reuse {a['no_reuse_bytes']}), {r['macs']['total']} MACs per supervision step")
     firmware = "firmware (host executable)" if args.board == "host" else "firmware.elf, firmware.bin"
     print(f"  {firmware}, src/, report.md, report.json")
+    return 0
+
+
+def cmd_flash(args) -> int:
+    from . import flash
+
+    plan = flash.plan_flash(Path(args.build or f"build/{args.board}"), args.board, args.target)
+    for line in flash.describe(plan):
+        print(line)
+    if plan.part("qspi"):
+        if not args.internal_only:
+            raise UserError(flash.qspi_refusal(plan))
+        print("  --internal-only: the QSPI part is not programmed")
+    if args.dry_run:
+        print("dry run: nothing programmed")
+        return 0
+    written = flash.program(plan, args.probe)
+    print(f"programmed {written:,} bytes of internal flash through pyocd and reset the board")
     return 0
 
 
@@ -457,6 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default build/BOARD)")
     p.add_argument("--calibration", type=int, default=64, help="calibration puzzles")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("flash", help="program a build into a real board through pyocd")
+    p.add_argument("--board", required=True, help="board of the build: stm32h7")
+    p.add_argument("--build", help="build folder (default build/BOARD)")
+    p.add_argument("--probe", metavar="UID", help="unique ID of the debug probe (pyocd list); "
+                   "needed when more than one is connected")
+    p.add_argument("--target", help="pyocd target type (default stm32h743xx, built into "
+                   "pyocd; stm32h743zitx needs `pyocd pack install stm32h743zitx`)")
+    p.add_argument("--internal-only", action="store_true",
+                   help="program internal flash even though the build has a QSPI part, which "
+                   "must then be programmed separately")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the regions, addresses and sizes to program; needs no pyocd")
+    p.set_defaults(func=cmd_flash)
 
     p = sub.add_parser("run", help="solve puzzles on the host build, in QEMU or on a board")
     p.add_argument("puzzles", help="puzzle file: Sudoku lines of 81 characters, mazes as grids "
