@@ -1,8 +1,9 @@
-"""Checks the real-hardware side of board stm32h7 without a board: the clock constants of
-firmware/boards/stm32h7/h7_config.h compute to the documented frequencies and agree with
-boards/stm32h7.toml, the firmware with clocks, MPU, caches and QSPI builds with -Werror
-and puts its vector table and symbols where the core expects them, and
-`rrgen flash --dry-run` lists what it would program and refuses bad input in one line.
+"""Checks the real-hardware side of board stm32h7 without a board.
+
+The clock constants of firmware/boards/stm32h7/h7_config.h compute to the documented
+frequencies and agree with boards/stm32h7.toml. The firmware with clocks, MPU, caches and
+QSPI builds with -Werror and puts its vector table and symbols where the core expects
+them. `rrgen flash --dry-run` lists what it would program, and bad input gets one line.
 Builds need arm-none-eabi-gcc; the no-probe test needs pyocd (pip install pyocd).
 
 Run: python -m pytest -q tests/test_stm32h7_hw.py
@@ -61,7 +62,8 @@ def test_clock_tree_computes_documented_frequencies():
     latency = {0: c["H7_FLASH_LATENCY_VOS0"], 1: c["H7_FLASH_LATENCY_VOS1"]}
     for vos, (n, sysclk, cpu_mhz, vco_mhz, hclk_mhz, apb_mhz) in rows.items():
         vco = ref * n
-        assert vco == vco_mhz * MHZ and 192 * MHZ <= vco <= 960 * MHZ
+        assert vco == vco_mhz * MHZ
+        assert 192 * MHZ <= vco <= 960 * MHZ
         assert vco // c["H7_PLL1_P"] == sysclk == cpu_mhz * MHZ
         cpu = sysclk // c["H7_D1CPRE_DIV"]
         hclk = cpu // c["H7_HPRE_DIV"]
@@ -76,7 +78,7 @@ def test_clock_tree_computes_documented_frequencies():
     assert board.cycle_counter_hz == board.core_clock_hz
 
 
-def test_usart3_baud_error_below_half_percent_at_every_clock():
+def test_usart3_baud_error_below_half_percent():
     c = config_constants()
     baud = load_board("stm32h7").uart.baud
     for pclk1 in (120 * MHZ, 100 * MHZ, c["H7_HSI_HZ"]):   # VOS0, VOS1, HSI fallback
@@ -88,7 +90,8 @@ def test_usart3_baud_error_below_half_percent_at_every_clock():
 def test_firmware_with_clocks_mpu_caches_and_qspi_builds(tmp_path):
     board = load_board("stm32h7")
     sources = toolchain.firmware_sources(board) + [FIXTURE]
-    assert "-Werror" in toolchain.COMMON_CFLAGS and "-Wextra" in toolchain.COMMON_CFLAGS
+    assert "-Werror" in toolchain.COMMON_CFLAGS
+    assert "-Wextra" in toolchain.COMMON_CFLAGS
     result = toolchain.compile_and_link(board, sources, [toolchain.FIRMWARE_INCLUDE_DIR],
                                         tmp_path, "firmware")
     symbols = {}
@@ -102,7 +105,7 @@ def test_firmware_with_clocks_mpu_caches_and_qspi_builds(tmp_path):
     assert stack_top == 0x20020000 == symbols["__stack_top__"][1]
     assert reset == symbols["Reset_Handler"][1] | 1
     assert symbols["vector_table"][1] == 0x08000000
-    assert symbols["h7_status"][1] >= 0x20000000 and symbols["h7_status"][1] < 0x20020000
+    assert 0x20000000 <= symbols["h7_status"][1] < 0x20020000   # DTCM
     assert symbols["board_cycles_hz"][0] == "T"
     # The QSPI code is linked and chosen at run time: board.o refers to the bounds of the
     # .rr_qspi part weakly, so an image without one links and they read as 0.
@@ -157,7 +160,8 @@ def test_flash_dry_run_lists_internal_flash(h7_build, capsys):
     assert plan.chunks() == [(0x08000000, (h7_build / "firmware.bin").read_bytes())]
     assert f"internal flash: {total:,} bytes in" in out
     assert re.search(r"\.isr_vector +0x08000000-0x08000297 +664 bytes", out)
-    assert ".rr_weights" in out and "pyocd target stm32h743xx" in out
+    assert ".rr_weights" in out
+    assert "pyocd target stm32h743xx" in out
     assert "QSPI" not in out
     assert out.rstrip().endswith("dry run: nothing programmed")
 
@@ -180,7 +184,8 @@ def test_flash_errors_are_one_line(h7_build, tmp_path, capsys):
     for args, fragment in cases:
         status, _, err = run_cli(capsys, *args)
         assert status == 2, args
-        assert err.count("\n") == 1 and err.startswith("rrgen flash: error: "), err
+        assert err.count("\n") == 1, err
+        assert err.startswith("rrgen flash: error: "), err
         assert fragment in err, err
 
 
@@ -202,14 +207,15 @@ def _link_qspi_image(folder):
 
 
 @needs_gcc
-def test_flash_refuses_qspi_part_unless_internal_only(tmp_path, capsys):
+def test_flash_rejects_qspi_part(tmp_path, capsys):
     folder = tmp_path / "qspi"
     _link_qspi_image(folder)
     status, out, err = run_cli(capsys, "--board", "stm32h7", "--build", folder, "--dry-run")
     assert status == 2
     assert "external QSPI flash: 4,096 bytes in 1 sections" in out
     assert "has 4,096 bytes for the external QSPI flash at 0x90000000 (.rr_qspi)" in err
-    assert "--internal-only" in err and err.count("\n") == 1
+    assert "--internal-only" in err
+    assert err.count("\n") == 1
     status, out, err = run_cli(capsys, "--board", "stm32h7", "--build", folder, "--dry-run",
                                "--internal-only")
     assert status == 0, err

@@ -131,7 +131,7 @@ def cmd_flash(args) -> int:
         print(line)
     if plan.part("qspi"):
         if not args.internal_only:
-            raise UserError(flash.qspi_refusal(plan))
+            raise UserError(flash.qspi_rejection_message(plan))
         print("  --internal-only: the QSPI part is not programmed")
     if args.dry_run:
         print("dry run: nothing programmed")

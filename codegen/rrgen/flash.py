@@ -1,14 +1,14 @@
 """Program a build into a real board through pyocd: `python -m rrgen flash`.
 
-Pipeline stage: after build, before run --port. The ELF of a build folder is read here
-(no pyocd needed): every allocated section with contents is placed at its load address,
-and each load address must lie in the board's flash region or in the external QSPI window
+Pipeline stage: after build, before run --port. This module reads the ELF of a build
+folder without pyocd. Every allocated section with contents goes to its load address,
+which must lie in the board's flash region or in the external QSPI window
 (0x90000000-0x9FFFFFFF). `--dry-run` stops after printing that plan. Otherwise pyocd
 (an optional dependency: pip install pyocd) connects to the ST-LINK, erases the sectors
 it needs, programs the internal flash and resets the core.
 
 pyocd has no flash algorithm for a QSPI chip wired to the NUCLEO by hand, so a build with
-a QSPI part is refused unless --internal-only says that the QSPI content is programmed
+a QSPI part is rejected unless --internal-only says that the QSPI content is programmed
 another way (docs/hardware-stm32h7.md, "Programming the QSPI flash").
 """
 
@@ -24,8 +24,8 @@ from .boards import Board, load_board
 
 log = logging.getLogger(__name__)
 
-# Board name -> pyocd target type. stm32h743xx is built into pyocd; the CMSIS-pack target
-# stm32h743zitx works too after `pyocd pack install stm32h743zitx` (--target).
+# Board name -> pyocd target type. pyocd 0.46 has stm32h743xx built in. The CMSIS-pack
+# target stm32h743zitx needs `pyocd pack install stm32h743zitx` first (--target).
 PYOCD_TARGETS = {"stm32h7": "stm32h743xx"}
 QSPI_WINDOW = (0x90000000, 0xA0000000)
 ERASED_BYTE = 0xFF
@@ -39,7 +39,7 @@ _EM_ARM = 40
 
 
 class FlashError(ValueError):
-    """A flash request that cannot be done; the message names the cause and the fix."""
+    """A flash request that cannot be carried out. The message names the cause and the fix."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,10 @@ class FlashPlan:
         return tuple(s for s in self.sections if s.memory == memory)
 
     def chunks(self, memory: str = "flash") -> list[tuple[int, bytes]]:
-        """Contiguous (address, bytes) runs of one memory; gaps within a run of sections
-        closer than 1 KB are filled with the erased value 0xFF."""
+        """Merge the sections of one memory into contiguous (address, bytes) runs.
+
+        Sections less than 1 KB apart share a run, and the erased value 0xFF fills the gap.
+        """
         runs: list[list] = []
         for section in sorted(self.part(memory), key=lambda s: s.address):
             if runs and section.address - (runs[-1][0] + len(runs[-1][1])) < 1024:
@@ -82,7 +84,7 @@ class FlashPlan:
 def read_elf_sections(path: Path) -> list[tuple[str, int, bytes]]:
     """Return (name, load address, contents) of each allocated ELF32 section with contents.
 
-    The load address comes from the PT_LOAD segment that holds the section's bytes, so
+    The load address comes from the PT_LOAD segment that contains the section's bytes, so
     .data appears at its flash image, not at its RAM address. Raises FlashError for a
     file that is not a little-endian 32-bit Arm ELF.
     """
@@ -188,7 +190,7 @@ def describe(plan: FlashPlan) -> list[str]:
     return lines
 
 
-def qspi_refusal(plan: FlashPlan) -> str:
+def qspi_rejection_message(plan: FlashPlan) -> str:
     part = plan.part("qspi")
     total = sum(len(s.data) for s in part)
     names = ", ".join(s.name for s in part)
