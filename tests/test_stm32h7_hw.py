@@ -107,14 +107,14 @@ def test_firmware_with_clocks_mpu_caches_and_qspi_builds(tmp_path):
     assert symbols["vector_table"][1] == 0x08000000
     assert 0x20000000 <= symbols["h7_status"][1] < 0x20020000   # DTCM
     assert symbols["board_cycles_hz"][0] == "T"
-    # The QSPI code is linked and chosen at run time: board.o refers to the bounds of the
-    # .rr_qspi part weakly, so an image without one links and they read as 0.
+    # The QSPI code is linked and chosen at run time: board.o refers to the bounds of
+    # section .rr_external weakly, so an image without one links and they read as 0.
     assert symbols["qspi_command"][0] == "t"
     board_object = next(tmp_path.glob("firmware.obj/*_board.o"))
     weak = subprocess.run(["arm-none-eabi-nm", str(board_object)], capture_output=True,
                           text=True, check=True).stdout
-    assert re.search(r"^ +w __rr_qspi_start__$", weak, re.M), weak
-    assert re.search(r"^ +w __rr_qspi_end__$", weak, re.M), weak
+    assert re.search(r"^ +w __external_start__$", weak, re.M), weak
+    assert re.search(r"^ +w __external_end__$", weak, re.M), weak
 
 
 def test_board_constant_mismatch_fails_the_build(tmp_path):
@@ -151,18 +151,20 @@ def run_cli(capsys, *args):
 
 
 def test_flash_dry_run_lists_internal_flash(h7_build, capsys):
-    status, out, err = run_cli(capsys, "--board", "stm32h7", "--build", h7_build, "--dry-run")
+    # --internal-only: a board file with a QSPI region puts the embedding tables there.
+    status, out, err = run_cli(capsys, "--board", "stm32h7", "--build", h7_build, "--dry-run",
+                               "--internal-only")
     assert status == 0, err
     plan = flash.plan_flash(h7_build, "stm32h7")
     total = sum(len(s.data) for s in plan.part("flash"))
-    # The sections are contiguous, so they add up to the raw image objcopy made.
+    # The sections are contiguous, so they add up to the raw image that objcopy made of
+    # the internal flash.
     assert total == (h7_build / "firmware.bin").stat().st_size
     assert plan.chunks() == [(0x08000000, (h7_build / "firmware.bin").read_bytes())]
     assert f"internal flash: {total:,} bytes in" in out
     assert re.search(r"\.isr_vector +0x08000000-0x08000297 +664 bytes", out)
     assert ".rr_weights" in out
     assert "pyocd target stm32h743xx" in out
-    assert "QSPI" not in out
     assert out.rstrip().endswith("dry run: nothing programmed")
 
 
@@ -194,12 +196,12 @@ def _link_qspi_image(folder):
     folder.mkdir()
     (folder / "image.S").write_text(
         ".syntax unified\n.section .isr_vector,\"a\"\n.word 0x20020000, 0x08000009\n"
-        ".section .rr_qspi,\"a\"\n.fill 4096, 1, 0x5A\n")
+        ".section .rr_external,\"a\"\n.fill 4096, 1, 0x5A\n")
     (folder / "image.ld").write_text(
         "MEMORY { flash (rx) : ORIGIN = 0x08000000, LENGTH = 2M\n"
         "         qspi (rx) : ORIGIN = 0x90000000, LENGTH = 16M }\n"
         "SECTIONS { .isr_vector : { KEEP(*(.isr_vector)) } > flash\n"
-        "           .rr_qspi : { KEEP(*(.rr_qspi)) } > qspi }\n")
+        "           .rr_external : { KEEP(*(.rr_external)) } > qspi }\n")
     subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m7", "-mthumb", "-nostdlib",
                     "-T", str(folder / "image.ld"), str(folder / "image.S"), "-o",
                     str(folder / "firmware.elf")], check=True, capture_output=True)
@@ -213,7 +215,7 @@ def test_flash_rejects_qspi_part(tmp_path, capsys):
     status, out, err = run_cli(capsys, "--board", "stm32h7", "--build", folder, "--dry-run")
     assert status == 2
     assert "external QSPI flash: 4,096 bytes in 1 sections" in out
-    assert "has 4,096 bytes for the external QSPI flash at 0x90000000 (.rr_qspi)" in err
+    assert "has 4,096 bytes for the external QSPI flash at 0x90000000 (.rr_external)" in err
     assert "--internal-only" in err
     assert err.count("\n") == 1
     status, out, err = run_cli(capsys, "--board", "stm32h7", "--build", folder, "--dry-run",

@@ -172,9 +172,11 @@ typedef struct {
 
 volatile h7_status_t h7_status;
 
-/* The QSPI part of the image (linker symbols; weak, so that absent means zero). */
-extern const uint8_t __rr_qspi_start__[] __attribute__((weak));
-extern const uint8_t __rr_qspi_end__[] __attribute__((weak));
+/* Bounds of section .rr_external, the part of the image in external flash, from the
+ * linker script. They are weak because a script without an external region defines
+ * neither, and then both addresses are 0. */
+extern const uint8_t __external_start__[] __attribute__((weak));
+extern const uint8_t __external_end__[] __attribute__((weak));
 
 static inline void barrier(void)
 {
@@ -509,12 +511,20 @@ static bool init_qspi(void)
     return true;
 }
 
-/* Whether the linked image placed anything in the QSPI window (section .rr_qspi). */
+/* Whether the linked image placed anything in the QSPI window (section .rr_external). */
 static bool image_uses_qspi(void)
 {
-    uintptr_t start = (uintptr_t)__rr_qspi_start__;
-    uintptr_t end = (uintptr_t)__rr_qspi_end__;
-    return start != 0u && end > start;
+    uintptr_t start = (uintptr_t)__external_start__;
+    uintptr_t end = (uintptr_t)__external_end__;
+    return start >= QSPI_WINDOW && end > start;
+}
+
+/* Whether the QSPI part fits the chip that h7_config.h describes. */
+static bool image_fits_qspi(void)
+{
+    /* NOTE: 24-bit addressing reaches 16 MB. A larger chip needs its 4-byte address
+     * mode and read instruction, which init_qspi does not set up. */
+    return (uintptr_t)__external_end__ - QSPI_WINDOW <= (1u << H7_QSPI_SIZE_LOG2);
 }
 
 void board_init(void)
@@ -527,7 +537,7 @@ void board_init(void)
     /* Without a working QSPI the window stays no-access: the first read of a QSPI weight
      * ends in a fault that main.c reports over the UART, instead of wrong numbers. */
     if (image_uses_qspi()) {
-        h7_status.qspi = init_qspi() ? 1u : 2u;
+        h7_status.qspi = image_fits_qspi() && init_qspi() ? 1u : 2u;
     }
     DWT_CYCCNT = 0u;
 }
