@@ -230,7 +230,8 @@ def test_flash_without_pyocd_names_the_install(h7_build, capsys, monkeypatch):
     for name in [m for m in sys.modules if m == "pyocd" or m.startswith("pyocd.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "pyocd", None)
-    status, _, err = run_cli(capsys, "--board", "stm32h7", "--build", h7_build)
+    status, _, err = run_cli(capsys, "--board", "stm32h7", "--build", h7_build,
+                             "--internal-only")
     assert status == 2
     assert "pyocd is not installed; install it with pip install pyocd" in err
 
@@ -238,7 +239,7 @@ def test_flash_without_pyocd_names_the_install(h7_build, capsys, monkeypatch):
 def test_flash_with_real_pyocd_and_no_probe(h7_build, capsys):
     pytest.importorskip("pyocd", reason="pyocd missing: pip install pyocd")
     status, out, err = run_cli(capsys, "--board", "stm32h7", "--build", h7_build,
-                               "--probe", "NO-SUCH-PROBE")
+                               "--internal-only", "--probe", "NO-SUCH-PROBE")
     assert status == 2
     assert "no debug probe with unique ID 'NO-SUCH-PROBE' is connected" in err
     assert "dry run" not in out
