@@ -69,14 +69,14 @@ def measure_other_flash(board, qm4: quantize.QModel, folder: Path) -> int:
 
     Links the all-INT4 model qm4, every linear dispatched at run time, into folder.
     """
-    from .build import link_firmware, weight_bytes
+    from .build import flash_used, link_firmware, weight_bytes
 
     layout = plan.plan_arena(qm4)
     files = emit.render(qm4, layout, "flash-probe",
                         ["flash probe of build --bits auto: all block linears INT4, each "
                          "dispatched at run time"], runtime_dispatch=True)
     linked = link_firmware(board, qm4, files, folder)
-    return linked["regions"][board.placement.code] - weight_bytes(qm4)
+    return flash_used(board, linked) - weight_bytes(qm4)
 
 
 def choose_for_board(model: TRM, graph: BlockGraph, stats: Stats, board,
