@@ -359,7 +359,8 @@ def render_linker_script(board: Board, templates_dir: Path = TEMPLATES_DIR) -> s
 
     The code region gets the vector table first, then .text, the weights (.rr_weights,
     16-byte aligned, from the input sections .rodata.rr_weights*), .rodata and the .data
-    load image. The data region gets .data and
+    load image. The external region, where the board has one, gets .rr_external (from
+    .rodata.rr_external*). The data region gets .data and
     .bss, the arena region the NOLOAD .arena (16-byte aligned), and the stack fills the
     top of the stack region. ASSERTs fail the link with a message naming what does not fit.
     """

@@ -309,10 +309,10 @@ def place_arrays(board, qm: QModel, files: dict[str, str | bytes],
     """Choose the region of each weights.bin array; return the files with weights.S placed.
 
     Policy: the vector table, code, small constants and .data image stay in the code region
-    (internal flash), and so do the weight arrays, in weights.bin order (block weights
-    first, then the heads and RoPE tables), as long as they fit. The embedding tables
-    (blob.TABLES) and every array from the first one that does not fit go to the external
-    region. How much fits is measured, not estimated: a probe link with every array in
+    (internal flash). The weight arrays follow in weights.bin order (block weights first,
+    then the heads), each one that still fits; an array that does not fit goes to the
+    external region, and later smaller ones may still fill the code region. The embedding
+    tables (blob.TABLES) always go to the external region. How much fits is measured, not estimated: a probe link with every array in
     the external region gives the bytes the rest uses in the code region. Raises
     BuildError naming the bytes needed and available when the external region is too small.
     """
@@ -332,17 +332,20 @@ def place_arrays(board, qm: QModel, files: dict[str, str | bytes],
     free, inside = code.length - rest, []
     for name, size, _ in arrays:
         if name in blob.TABLES or blob.aligned(size) > free:
-            break
+            continue
         inside.append(name)
         free -= blob.aligned(size)
     outside = [name for name, _, _ in arrays if name not in inside]
     needed = sum(blob.aligned(size) for name, size, _ in arrays if name in outside)
     if needed > external.length:
         limit = external.max_length or external.length
-        fix = "use --bits 4 or a smaller model"
+        fixes = [] if set(qm.layer_bits().values()) == {4} else ["use --bits 4"]
         if needed <= limit:
-            fix = (f"pass --external-flash-bytes {needed} or more (region {external.name!r} "
-                   f"maps up to {limit} bytes), use --bits 4, or use a smaller model")
+            fixes.insert(0, f"pass --external-flash-bytes {needed} or more (region "
+                            f"{external.name!r} maps up to {limit} bytes)")
+        fix = "use a smaller model"
+        if fixes:
+            fix = ", ".join(fixes) + ("," if len(fixes) > 1 else "") + " or " + fix
         in_code = code.length - free
         raise BuildError(
             f"the model does not fit board {board.name!r}: it needs {in_code + needed} bytes "
