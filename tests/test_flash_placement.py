@@ -3,9 +3,9 @@
 On stm32h7 the embedding tables and the weight arrays that do not fit in internal flash
 go to section .rr_external in the QSPI window at 0x90000000 (build.place_arrays). These
 tests link the tiny model with a shrunken internal flash and check where the symbols
-land, that a too-small external region fails with the bytes needed and the fix, that a
-larger puzzle table changes flash but not RAM, and, on the host, that model.c checks
-the puzzle id before its first rr_flash_read.
+land. A too-small external region must fail with the bytes needed and the fix, and a
+larger puzzle table must change flash but not RAM. On the host, model.c must check the
+puzzle id and tokens before its first rr_flash_read.
 
 Needs gcc and arm-none-eabi-gcc (Debian gcc-arm-none-eabi, libnewlib-arm-none-eabi).
 
@@ -13,16 +13,18 @@ Run: PYTHONPATH=$PWD/codegen python -m pytest -q tests/test_flash_placement.py
 """
 
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 
 import pytest
 
 from conftest import TINY, make_tiny_model
 from rrgen import blob, boards, emit, quantize
-from rrgen.build import BuildError, link_firmware
+from rrgen.build import BuildError, build, link_firmware
 from rrgen.plan import plan_arena
 
 QSPI = 0x90000000
@@ -81,7 +83,7 @@ def test_weights_that_do_not_fit_spill_to_qspi(arm_gcc, qm8, tmp_path):
     sections = linked["sections"]
     assert sections[".rr_external"]["address"] == QSPI
     assert linked["regions"]["qspi"] == sections[".rr_external"]["size"]
-    # firmware-qspi.bin holds the external arrays' slices of weights.bin, in order.
+    # firmware-qspi.bin contains the external arrays' slices of weights.bin, in order.
     src = tmp_path / "out" / "src"
     data = (src / "weights.bin").read_bytes()
     slices = {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
@@ -104,7 +106,9 @@ def test_qspi_overflow_names_bytes_needed_and_fix(arm_gcc, qm8, tmp_path):
         r"bytes\), use --bits 4, or use a smaller model", message)
     assert match, message
     total, internal, external, suggested = map(int, match.groups())
-    assert total == internal + external and suggested == external > 4096
+    assert total == internal + external
+    assert suggested == external
+    assert external > 4096
 
     # The suggested size is exactly enough, and the figures were the real ones.
     linked = link_firmware(boards.with_external_bytes(board, suggested), qm8, render(qm8),
@@ -228,9 +232,41 @@ def test_last_puzzle_row_is_streamed(harness):
 
 
 @pytest.mark.parametrize("puzzle_id", [5, 6, 0xFFFFFFFF])
-def test_out_of_range_puzzle_id_rejected_before_any_read(harness, puzzle_id):
+def test_bad_puzzle_id_reads_nothing(harness, puzzle_id):
     assert begin(harness, puzzle_id) == (-3, 0, 0, -1)     # RR_ERR_PUZZLE_ID, no read
 
 
-def test_bad_token_rejected_before_any_read(harness):
+def test_bad_token_reads_nothing(harness):
     assert begin(harness, 0, TINY.vocab_size) == (-2, 0, 0, -1)   # RR_ERR_TOKEN, no read
+
+
+def test_report_lists_flash_per_region(arm_gcc, tiny_checkpoint, tmp_path):
+    result = build(tiny_checkpoint, "stm32h7", 4, tmp_path / "h7", calibration_puzzles=4)
+    flash, ram = result.report["flash"], result.report["ram"]
+    sections = result.report["sections"]
+    assert [r["name"] for r in flash["regions"]] == ["flash", "qspi"]
+    assert flash["regions"][1]["used_bytes"] == sections[".rr_external"]["size"]
+    assert flash["used_bytes"] == sum(r["used_bytes"] for r in flash["regions"])
+    assert flash["length_bytes"] == 4 * 2**20
+    assert flash["external_arrays"] == list(blob.TABLES)
+    assert ram["bytes"] == sum(sections[name]["size"] for name in RAM_SECTIONS)
+    markdown = (result.out_dir / "report.md").read_text()
+    assert "| qspi | 0x90000000 | " in markdown
+    assert f"RAM: .data 0 + .bss {sections['.bss']['size']}" in markdown
+
+
+@pytest.mark.parametrize("board, value, fragment", [
+    ("host", "1024", "board 'host' has no external flash region"),
+    ("stm32h7", "0x10000004", "exceeds the 268435456 bytes"),
+    ("stm32h7", "lots", "--external-flash-bytes lots is invalid"),
+])
+def test_bad_external_flash_bytes_one_line(tiny_checkpoint, tmp_path, board, value, fragment):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "rrgen", "build", "--board", board,
+                             "--external-flash-bytes", value, "--model", str(tiny_checkpoint),
+                             "--out", str(out)], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(emit.REPO_ROOT / "codegen")))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert fragment in result.stderr
+    assert not out.exists()

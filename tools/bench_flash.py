@@ -17,7 +17,7 @@ would:
                           --external-flash-bytes BYTES --out DIR
 
 It prints `arm-none-eabi-size -A` of both ELF files, the RAM of each (.data + .bss +
-.arena + .stack) and the flash of each region, and fails (exit 1) unless the RAM is
+.arena + .stack) and the flash of each region. It fails (exit 1) unless the RAM is
 byte for byte the same and the external region grew by the table.
 
 With --qemu-rows, it also builds a model with that many rows of --qemu-hidden bytes for

@@ -6,7 +6,7 @@ stores each of code, .data/.bss, the stack and the model arena, the UART and the
 counter. The
 pseudo-board `host` has none of the memory fields: it builds with the system compiler.
 
-Flash placement: the code region holds the vector table, the code, the small constants,
+Flash placement: the code region contains the vector table, the code, the small constants,
 the .data image and as many weight arrays as fit (section .rr_weights). A board may name
 an external memory-mapped region in [placement] `external` (stm32h7: the QSPI window at
 0x90000000). The embedding tables and the weight arrays that do not fit in the code

@@ -310,8 +310,8 @@ def place_arrays(board, qm: QModel, files: dict[str, str | bytes],
 
     Policy: the vector table, code, small constants and .data image stay in the code region
     (internal flash). The weight arrays follow in weights.bin order (block weights first,
-    then the heads), each one that still fits; an array that does not fit goes to the
-    external region, and later smaller ones may still fill the code region. The embedding
+    then the heads), each one that still fits. An array that does not fit goes to the
+    external region, but later smaller ones may still fill the code region. The embedding
     tables (blob.TABLES) always go to the external region. How much fits is measured, not estimated: a probe link with every array in
     the external region gives the bytes the rest uses in the code region. Raises
     BuildError naming the bytes needed and available when the external region is too small.

@@ -16,8 +16,8 @@
  * Copy n bytes from src, an address in a constant table, to dst in RAM.
  *
  * Contract for a board that replaces the default:
- *   - src is the address the linker gave the table row (for example 0x90xxxxxx in the
- *     QSPI window), dst an arena buffer; the ranges do not overlap.
+ *   - src is the address the linker gave the table row, for example 0x90xxxxxx in the
+ *     QSPI window. dst is a buffer in the arena, and the two ranges do not overlap.
  *   - Any alignment: src and dst may be odd addresses, and n any value from 0 to the row
  *     size (hidden_size bytes today; n = 0 reads nothing).
  *   - The firmware checks token ids and the puzzle id before the call, so
