@@ -102,6 +102,9 @@ def choose_for_board(model: TRM, graph: BlockGraph, stats: Stats, board,
         flash_budget = board.flash_bytes if flash_budget is None else flash_budget
         other = measure_other_flash(board, uniform[4], folder)
         margin = ALIGNMENT_MARGIN_BYTES * len(uniform[4].layer_bits())
+        # NOTE: on a board with an external region this treats both flash regions as one
+        # pool. Arrays are not split, so internal flash can keep a gap (build.place_arrays)
+        # and the final link may still overflow the external region near the budget.
         weight_budget = flash_budget - other - margin
         if needed > weight_budget:
             fix = "use a smaller model or a board with more flash"
