@@ -102,7 +102,7 @@ def arrays_of(weights_s: str) -> list[tuple[str, int, str]]:
 
 
 def place_arrays(weights_s: str, external: set[str] | frozenset[str]) -> str:
-    """Return weights_s with the arrays named in external in EXTERNAL_SECTION, the rest in SECTION."""
+    """Return weights_s with the arrays named in external in EXTERNAL_SECTION, others in SECTION."""
     def section(match: re.Match) -> str:
         name = EXTERNAL_SECTION if match.group(2) in external else SECTION
         return match.group(0).replace(match.group(1), name, 1)

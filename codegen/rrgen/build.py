@@ -312,9 +312,10 @@ def place_arrays(board, qm: QModel, files: dict[str, str | bytes],
     (internal flash). The weight arrays follow in weights.bin order (block weights first,
     then the heads), each one that still fits. An array that does not fit goes to the
     external region, but later smaller ones may still fill the code region. The embedding
-    tables (blob.TABLES) always go to the external region. How much fits is measured, not estimated: a probe link with every array in
-    the external region gives the bytes the rest uses in the code region. Raises
-    BuildError naming the bytes needed and available when the external region is too small.
+    tables (blob.TABLES) always go to the external region. How much fits is measured, not
+    estimated: a probe link with every array in the external region gives the bytes the
+    rest uses in the code region. Raises BuildError naming the bytes needed and available
+    when the external region is too small.
     """
     weights_s = files["weights.S"]
     arrays = blob.arrays_of(weights_s)
