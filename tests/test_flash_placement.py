@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 
 from conftest import TINY, make_tiny_model
@@ -255,9 +256,9 @@ def test_report_lists_flash_per_region(arm_gcc, tiny_checkpoint, tmp_path):
     assert f"RAM: .data 0 + .bss {sections['.bss']['size']}" in markdown
 
 
+# The other invalid values are checked at the library level above.
 @pytest.mark.parametrize("board, value, fragment", [
     ("host", "1024", "board 'host' has no external flash region"),
-    ("stm32h7", "0x10000004", "exceeds the 268435456 bytes"),
     ("stm32h7", "lots", "--external-flash-bytes lots is invalid"),
 ])
 def test_bad_external_flash_bytes_one_line(tiny_checkpoint, tmp_path, board, value, fragment):
@@ -270,3 +271,35 @@ def test_bad_external_flash_bytes_one_line(tiny_checkpoint, tmp_path, board, val
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert fragment in result.stderr
     assert not out.exists()
+
+
+def test_psram_table_in_qemu(tmp_path):
+    """mps2-an500 keeps the tables in PSRAM: the last row is bit-exact, one past it rejected."""
+    if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("qemu-system-arm or arm-none-eabi-gcc missing: install qemu-system-arm "
+                    "and gcc-arm-none-eabi")
+    from rrgen import checkpoint, protocol, sudoku
+    from rrgen.client import Client, DeviceError
+    from rrgen.qemu import run_qemu
+    from rrgen.run import run_puzzles
+
+    rows = 64
+    config = dataclasses.replace(TINY, num_puzzle_identifiers=rows)
+    path = checkpoint.save(make_tiny_model(config=config), tmp_path / "rows.safetensors")
+    result = build(path, "mps2-an500", 8, tmp_path / "mps2", calibration_puzzles=2)
+    where = symbols(result.out_dir / "firmware.elf")
+    assert 0x60000000 <= where["rr_puzzle_emb"] < 0x61000000
+
+    grids, _ = sudoku.generate(1, seed=sudoku.TEST_SEED)
+    tokens = sudoku.to_tokens(grids)
+    lines = []
+    with run_qemu(result.out_dir / "firmware.elf", "mps2-an500") as session:
+        client = Client(session.port, timeout=120.0)
+        client.wait_ready(timeout=30.0)
+        with pytest.raises(DeviceError) as caught:
+            client.solve(tokens[0].astype(np.uint8), puzzle_id=rows)
+        summary = run_puzzles(client, tokens, result.qmodel, printer=lines.append,
+                              puzzle_ids=np.array([rows - 1]))
+    assert caught.value.error.code == protocol.ERR_INVALID_PUZZLE_ID
+    assert summary.mismatches == [], "\n".join(lines)
+    assert summary.steps_checked == TINY.halt_max_steps
