@@ -37,8 +37,11 @@ def test_stm32h7_memory_map():
         "axi_sram": (0x24000000, 512 * KIB, "ram"),
         "sram123": (0x30000000, 288 * KIB, "ram"),
         "sram4": (0x38000000, 64 * KIB, "ram"),
+        "qspi": (0x90000000, 2 * MIB, "flash"),
     }
-    assert board.flash_bytes == 2 * MIB
+    assert board.region("qspi").max_length == 256 * MIB
+    assert board.placement.external == "qspi"
+    assert board.flash_bytes == 4 * MIB
     assert board.uart.base == 0x40004800
     assert board.qemu_machine is None
 
@@ -119,6 +122,9 @@ def test_linker_script_places_sections():
     assert "KEEP(*(.isr_vector))\n    } > flash" in script
     assert ".rr_weights : ALIGN(16)" in script
     assert "*(.rodata.rr_weights .rodata.rr_weights.*)" in script
+    assert "qspi (rx) : ORIGIN = 0x90000000, LENGTH = 0x00200000" in script
+    assert "*(.rodata.rr_external .rodata.rr_external.*)\n        . = ALIGN(16);\n" \
+           "        __external_end__ = .;\n    } > qspi" in script
     assert "} > dtcm AT > flash" in script
     assert ".arena (NOLOAD) : ALIGN(16)" in script
     assert "} > axi_sram" in script

@@ -39,6 +39,7 @@ def compile_batch(files: dict[str, str], folder) -> subprocess.CompletedProcess:
         pytest.fail("gcc not found on PATH; install the Debian package gcc")
     paths = emit.write(files, folder)
     sources = [str(p) for p in paths if p.suffix in (".c", ".S")]
+    sources.append(str(emit.FLASH_READ_SOURCE))
     sources.append(str(emit.FIRMWARE_DIR / "host" / "batch_main.c"))
     command = [gcc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
                f"-I{emit.FIRMWARE_DIR / 'include'}", f"-I{folder}", f"-Wa,-I{folder}",

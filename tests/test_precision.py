@@ -357,8 +357,8 @@ def test_auto_build_fits_stm32h7_flash_budget(tiny_checkpoint, tmp_path, sizes):
     (["--board", "host", "--bits", "5"], ["--bits 5", "4, 8 or auto"]),
     (["--board", "host", "--bits", "auto", "--flash-budget", "-1"], ["--flash-budget -1"]),
     (["--board", "host", "--bits", "auto", "--flash-budget", "abc"], ["--flash-budget abc"]),
-    (["--board", "stm32h7", "--bits", "auto", "--flash-budget", "3000000"],
-     ["3000000", "2097152"]),
+    (["--board", "stm32h7", "--bits", "auto", "--flash-budget", "5000000"],
+     ["5000000", "4194304"]),
     (["--board", "host", "--bits", "auto", "--flash-budget", "1000"],
      ["even at INT4", "1000"]),
 ], ids=["bits-5", "negative-budget", "text-budget", "budget-over-flash", "host-budget-too-small"])

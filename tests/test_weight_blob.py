@@ -3,8 +3,9 @@
 emit.render puts the weight matrices and embedding tables into weights.bin, each array
 16-byte aligned, and weights.S includes them with `.incbin`; weights.c only declares
 them. In the linked stm32h7 firmware every array of the blob is a symbol at a 16-byte
-aligned address with the array's size, and the output section .rr_weights lies in flash
-and contains exactly the bytes of weights.bin. The host executables align the arrays too.
+aligned address with the array's size. The output section .rr_weights lies in internal
+flash and .rr_external (the embedding tables) in the QSPI window; together they contain
+exactly the bytes of weights.bin. The host executables align the arrays too.
 That these builds compute the reference's bits is checked by test_bitexact_host.py,
 test_firmware_host.py, test_firmware_qemu.py and test_precision.py.
 
@@ -153,31 +154,40 @@ def stm32h7_build(tiny_checkpoint, tmp_path_factory):
 
 def test_stm32h7_blob_symbols_are_aligned(stm32h7_build):
     out = stm32h7_build.out_dir
-    slices = incbin_slices((out / "src" / "weights.S").read_text())
+    weights_s = (out / "src" / "weights.S").read_text()
+    slices = incbin_slices(weights_s)
+    sections = {name: section for name, _, section in blob.arrays_of(weights_s)}
+    external = [name for name in slices if sections[name] == blob.EXTERNAL_SECTION]
+    assert set(blob.TABLES) <= set(external)
     symbols = symbol_table("arm-none-eabi-nm", out / "firmware.elf")
-    section = stm32h7_build.report["sections"][".rr_weights"]
-    assert section["address"] % 16 == 0
+    report = stm32h7_build.report["sections"]
+    base = {blob.SECTION: report[".rr_weights"]["address"],
+            blob.EXTERNAL_SECTION: report[".rr_external"]["address"] - slices[external[0]][0]}
+    assert base[blob.SECTION] % 16 == 0 and base[blob.EXTERNAL_SECTION] % 16 == 0
     for name, (offset, size) in slices.items():
         address, symbol_size = symbols[name]
         assert address % 16 == 0, f"{name} at 0x{address:08x}"
         assert symbol_size == size, name
-        assert address == section["address"] + offset, name
+        assert address == base[sections[name]] + offset, name
 
 
 def test_stm32h7_blob_section_is_weights_bin_in_flash(stm32h7_build, tmp_path):
     out = stm32h7_build.out_dir
     report = stm32h7_build.report
     data = (out / "src" / "weights.bin").read_bytes()
-    section = report["sections"][".rr_weights"]
-    flash = next(r for r in report["regions"] if r["name"] == "flash")
-    assert section["size"] == len(data)
-    assert flash["origin"] <= section["address"]
-    assert section["address"] + section["size"] <= flash["origin"] + flash["length_bytes"]
-
-    image = tmp_path / "rr_weights.bin"
-    subprocess.run(["arm-none-eabi-objcopy", "-O", "binary", "--only-section=.rr_weights",
-                    str(out / "firmware.elf"), str(image)], check=True)
-    assert image.read_bytes() == data
+    images = b""
+    for section_name, region_name in ((".rr_weights", "flash"), (".rr_external", "qspi")):
+        section = report["sections"][section_name]
+        region = next(r for r in report["regions"] if r["name"] == region_name)
+        assert region["origin"] <= section["address"]
+        assert section["address"] + section["size"] <= region["origin"] + region["length_bytes"]
+        image = tmp_path / f"{section_name[1:]}.bin"
+        subprocess.run(["arm-none-eabi-objcopy", "-O", "binary", f"--only-section={section_name}",
+                        str(out / "firmware.elf"), str(image)], check=True)
+        assert image.stat().st_size == section["size"]
+        images += image.read_bytes()
+    assert images == data
+    assert (out / "firmware-qspi.bin").read_bytes() == image.read_bytes()
 
 
 def test_stm32h7_report_regions_add_up(stm32h7_build):
@@ -197,6 +207,7 @@ def test_flash_overflow_names_missing_bytes(tiny_qmodels, tmp_path, bits, fix):
     with open(boards.BOARDS_DIR / "stm32h7.toml", "rb") as file:
         data = tomllib.load(file)
     data["memory"][0]["length"] = 0x8000    # 32 KB of flash: less than the tiny firmware
+    del data["placement"]["external"]       # no QSPI to spill into
     board = boards.parse_board(data, tmp_path / "stm32h7.toml")
     with pytest.raises(BuildError) as caught:
         link_firmware(board, tiny_qmodels[bits], render(tiny_qmodels[bits]), tmp_path / "out")

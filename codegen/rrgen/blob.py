@@ -23,6 +23,12 @@ and architecture. weights.S gives every array its own symbol, type and size, the
 assembler rejects a slice that lies past the end of the file, and gcc builds it like the
 C sources on every target.
 
+External flash: on a board with an external region (boards.py), build.link_firmware moves
+arrays from .rodata.rr_weights to section .rodata.rr_external with place_arrays: always the
+embedding tables (TABLES), and the weight arrays that do not fit in the code region. The
+linker script puts .rodata.rr_external into output section .rr_external in that region.
+Only the `.section` line of each array changes, so the code and weights.c stay the same.
+
 The C keeps what a reader can check: multipliers, shifts, biases, the SiLU tables, the
 initial carry and the parameter structs (rr_linear_t and the others) stay in weights.c
 and point at the symbols of weights.S through extern declarations.
@@ -30,6 +36,7 @@ and point at the symbols of weights.S through extern declarations.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +44,11 @@ import numpy as np
 ALIGNMENT = 16                 # byte alignment of every array, and of the blob's length
 FILE_NAME = "weights.bin"
 SECTION = ".rodata.rr_weights"
+EXTERNAL_SECTION = ".rodata.rr_external"
+# Tables that model.c reads row by row through rr_flash_read: token and puzzle embeddings.
+TABLES = ("rr_embed", "rr_puzzle_emb")
+_ARRAY = re.compile(r'    \.section (\S+), "a", %progbits\n    \.balign 16\n    \.global (\w+)\n'
+                    r'    \.type \w+, %object\n    \.size \w+, (\d+)\n')
 DTYPES = {"int8_t": np.dtype("<i1"), "int16_t": np.dtype("<i2"), "int32_t": np.dtype("<i4")}
 
 
@@ -82,3 +94,21 @@ class WeightBlob:
     def data(self) -> bytes:
         """Return the contents of weights.bin, zero-padded to a multiple of ALIGNMENT."""
         return bytes(self._data) + bytes(-len(self._data) % ALIGNMENT)
+
+
+def arrays_of(weights_s: str) -> list[tuple[str, int, str]]:
+    """List (symbol, size in bytes, section) of each array of a generated weights.S, in order."""
+    return [(m.group(2), int(m.group(3)), m.group(1)) for m in _ARRAY.finditer(weights_s)]
+
+
+def place_arrays(weights_s: str, external: set[str] | frozenset[str]) -> str:
+    """Return weights_s with the arrays named in external in EXTERNAL_SECTION, others in SECTION."""
+    def section(match: re.Match) -> str:
+        name = EXTERNAL_SECTION if match.group(2) in external else SECTION
+        return match.group(0).replace(match.group(1), name, 1)
+    return _ARRAY.sub(section, weights_s)
+
+
+def aligned(n_bytes: int) -> int:
+    """Round n_bytes up to ALIGNMENT: the flash an array takes in its section."""
+    return -(-n_bytes // ALIGNMENT) * ALIGNMENT

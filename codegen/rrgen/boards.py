@@ -5,10 +5,19 @@ A board file names the CPU and its compiler flags, the memory regions, the regio
 stores each of code, .data/.bss, the stack and the model arena, the UART and the cycle
 counter. The
 pseudo-board `host` has none of the memory fields: it builds with the system compiler.
+
+Flash placement: the code region contains the vector table, the code, the small constants,
+the .data image and as many weight arrays as fit (section .rr_weights). A board may name
+an external memory-mapped region in [placement] `external` (stm32h7: the QSPI window at
+0x90000000). The embedding tables and the weight arrays that do not fit in the code
+region go there (section .rr_external); build.link_firmware decides the split. A region
+may declare `max_length`, the most that `build --external-flash-bytes` may set its length
+to (the H743's QSPI window maps up to 256 MB).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tomllib
@@ -42,6 +51,7 @@ class MemoryRegion:
     origin: int    # first address
     length: int    # size in bytes
     role: str
+    max_length: int | None = None   # the most --external-flash-bytes may set length to
 
     @property
     def end(self) -> int:
@@ -67,6 +77,7 @@ class Placement:
     stack: str         # the stack, at the top of this region
     arena: str         # .arena, the model's activation buffers
     stack_bytes: int
+    external: str | None = None   # embedding tables and weights that do not fit in code
 
 
 @dataclass(frozen=True)
@@ -102,8 +113,21 @@ class Board:
 
     @property
     def flash_bytes(self) -> int:
-        """Capacity of the region that stores code and constants."""
-        return self.region(self._placement().code).length
+        """Capacity of the regions that store code and constants (code plus external)."""
+        return sum(region.length for region in self.flash_regions)
+
+    @property
+    def flash_regions(self) -> tuple[MemoryRegion, ...]:
+        """The code region, then the external region when the board has one."""
+        placement = self._placement()
+        names = [placement.code] + ([placement.external] if placement.external else [])
+        return tuple(self.region(name) for name in names)
+
+    @property
+    def external_region(self) -> MemoryRegion | None:
+        """The region of [placement] external, or None."""
+        placement = self._placement()
+        return self.region(placement.external) if placement.external else None
 
     @property
     def ram_regions(self) -> tuple[MemoryRegion, ...]:
@@ -157,12 +181,24 @@ def _optional(data: dict, key: str, kind: type, where: str):
     return _require(data, key, kind, where) if key in data else None
 
 
+REGION_KEYS = {"name", "origin", "length", "role", "max_length"}
+
+
 def _parse_region(data: dict, where: str) -> MemoryRegion:
+    unknown = sorted(set(data) - REGION_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(REGION_KEYS)}")
     region = MemoryRegion(name=_require(data, "name", str, where),
                           origin=_require(data, "origin", int, where),
                           length=_require(data, "length", int, where),
-                          role=_require(data, "role", str, where))
+                          role=_require(data, "role", str, where),
+                          max_length=_optional(data, "max_length", int, where))
     where = f"{where} {region.name!r}"
+    if region.max_length is not None and (region.max_length < region.length
+                                          or region.max_length % 4
+                                          or region.origin + region.max_length > 2**32):
+        raise ValueError(f"{where}: max_length {region.max_length} must be a multiple of 4, "
+                         f"at least length {region.length}, and end within 32-bit addresses")
     if not IDENTIFIER.match(region.name):
         raise ValueError(f"{where}: name must be a C identifier (letters, digits, _)")
     if region.role not in ROLES:
@@ -190,8 +226,15 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
                           data=_require(data, "data", str, where),
                           stack=_require(data, "stack", str, where),
                           arena=_require(data, "arena", str, where),
-                          stack_bytes=_require(data, "stack_bytes", int, where))
+                          stack_bytes=_require(data, "stack_bytes", int, where),
+                          external=_optional(data, "external", str, where))
     roles = {region.name: region.role for region in regions}
+    if placement.external is not None and placement.external not in roles:
+        raise ValueError(f"{where}: external = {placement.external!r} is not a memory region; "
+                         f"regions are {sorted(roles)}")
+    if placement.external in (placement.code, placement.data, placement.stack, placement.arena):
+        raise ValueError(f"{where}: external = {placement.external!r} must be a region of its "
+                         "own, not the code, data, stack or arena region")
     expected_roles = {"code": "flash", "data": "ram", "stack": "ram", "arena": "ram"}
     for field, role in expected_roles.items():
         region_name = getattr(placement, field)
@@ -265,6 +308,41 @@ def parse_board(data: dict, path: Path) -> Board:
                  path=Path(path))
 
 
+def with_external_bytes(board: Board, n_bytes: int) -> Board:
+    """Return board with its external region resized to n_bytes (--external-flash-bytes).
+
+    Raises ValueError naming the value and the fix when the board has no external region,
+    or n_bytes is not a positive multiple of 4 up to the region's max_length.
+    """
+    region = None if board.is_host else board.external_region
+    if region is None:
+        with_one = [name for name in known_boards()
+                    if name != board.name and _has_external(name)]
+        raise ValueError(f"board {board.name!r} has no external flash region, so "
+                         f"--external-flash-bytes {n_bytes} does not apply; use a board with "
+                         f"one ({', '.join(with_one) or 'none known'}) or drop the option")
+    limit = region.max_length or region.length
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 4 or n_bytes % 4:
+        raise ValueError(f"--external-flash-bytes {n_bytes} is invalid; use a positive "
+                         "multiple of 4 bytes, e.g. 33554432 for 32 MB")
+    if n_bytes > limit:
+        raise ValueError(f"--external-flash-bytes {n_bytes} exceeds the {limit} bytes that "
+                         f"region {region.name!r} of board {board.name!r} can map at "
+                         f"0x{region.origin:08x}; use at most {limit}")
+    resized = dataclasses.replace(region, length=n_bytes)
+    memory = tuple(resized if r.name == region.name else r for r in board.memory)
+    _check_no_overlap(list(memory), f"board {board.name!r} with --external-flash-bytes {n_bytes}")
+    return dataclasses.replace(board, memory=memory)
+
+
+def _has_external(name: str) -> bool:
+    try:
+        board = load_board(name)
+    except ValueError:
+        return False
+    return not board.is_host and board.placement.external is not None
+
+
 # ---------------------------------------------------------------------------------------
 # Linker script
 # ---------------------------------------------------------------------------------------
@@ -281,7 +359,8 @@ def render_linker_script(board: Board, templates_dir: Path = TEMPLATES_DIR) -> s
 
     The code region gets the vector table first, then .text, the weights (.rr_weights,
     16-byte aligned, from the input sections .rodata.rr_weights*), .rodata and the .data
-    load image. The data region gets .data and
+    load image. The external region, where the board has one, gets .rr_external (from
+    .rodata.rr_external*). The data region gets .data and
     .bss, the arena region the NOLOAD .arena (16-byte aligned), and the stack fills the
     top of the stack region. ASSERTs fail the link with a message naming what does not fit.
     """

@@ -21,6 +21,7 @@ chooses INT4 or INT8 for each block linear. The final link is checked against th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,8 +33,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import (__version__, boards, budget, calibrate, emit, frontend, hostrun, plan, quantize,
-               toolchain)
+from . import (__version__, blob, boards, budget, calibrate, emit, frontend, hostrun, plan,
+               quantize, toolchain)
 from .precision import precision_table
 from .quantize import QModel
 
@@ -126,6 +127,8 @@ def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files
         "weight_bytes": weight_bytes(qm),
         "sections": linked["sections"],
         "regions": regions,
+        "flash": flash_report(board, linked),
+        "ram": ram_report(linked),
         "quantization_error": qm.errors,
         "scales": {k: v for k, v in qm.scales.items() if isinstance(v, float)},
         "generated_files": sorted(files),
@@ -133,6 +136,50 @@ def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files
     if precision is not None:
         report["precision"] = precision
     return report
+
+
+RAM_SECTIONS = (".data", ".bss", ".arena", ".stack")
+
+
+def flash_report(board, linked: dict) -> dict | None:
+    """Flash per region and the weights.bin arrays of each; None on the host."""
+    if board.is_host:
+        return None
+    regions = [{"name": r.name, "origin": r.origin, "used_bytes": linked["regions"][r.name],
+                "length_bytes": r.length} for r in board.flash_regions]
+    placement = linked.get("placement") or {"internal": None, "external": []}
+    return {"regions": regions, "used_bytes": flash_used(board, linked),
+            "length_bytes": board.flash_bytes,
+            "external_region": board.placement.external,
+            "external_arrays": placement["external"]}
+
+
+def ram_report(linked: dict) -> dict | None:
+    """RAM the firmware reserves: .data, .bss, the arena and the stack; None on the host."""
+    if not linked["sections"]:
+        return None
+    sizes = {name: linked["sections"].get(name, {"size": 0})["size"] for name in RAM_SECTIONS}
+    return {"sections": sizes, "bytes": sum(sizes.values())}
+
+
+def flash_markdown(report: dict) -> list[str]:
+    """Format the flash-per-region and RAM lines of report.md."""
+    flash, ram = report.get("flash"), report.get("ram")
+    if flash is None or ram is None:
+        return []
+    lines = ["", "## Flash and RAM", "", "| flash region | origin | used bytes | size bytes |",
+             "|---|---|---|---|"]
+    for r in flash["regions"]:
+        lines.append(f"| {r['name']} | 0x{r['origin']:08x} | {r['used_bytes']} | "
+                     f"{r['length_bytes']} |")
+    lines.append(f"| total | | {flash['used_bytes']} | {flash['length_bytes']} |")
+    if flash["external_region"]:
+        arrays = ", ".join(f"`{name}`" for name in flash["external_arrays"]) or "none"
+        lines += ["", f"In region {flash['external_region']} (section .rr_external): "
+                  f"{arrays}. Embedding rows are read through rr_flash_read (rr_flash.h)."]
+    parts = " + ".join(f"{name} {size}" for name, size in ram["sections"].items())
+    lines += ["", f"RAM: {parts} = **{ram['bytes']} bytes**."]
+    return lines
 
 
 def report_markdown(report: dict, command: str) -> str:
@@ -145,6 +192,7 @@ def report_markdown(report: dict, command: str) -> str:
     lines += ["", "| region | role | used bytes | size bytes |", "|---|---|---|---|"]
     for r in report["regions"]:
         lines.append(f"| {r['name']} | {r['role']} | {r['used_bytes']} | {r['length_bytes']} |")
+    lines += flash_markdown(report)
     a = report["arena"]
     lines += ["", f"Arena: {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, "
               f"without reuse {a['no_reuse_bytes']}); the carry y and z take {a['carry_bytes']}.",
@@ -243,7 +291,74 @@ def link_firmware(board, qm: QModel, files: dict[str, str | bytes], folder: Path
 
     Returns toolchain.compile_and_link's result. A link that overflows a memory region
     raises BuildError naming the region, and the bytes missing where ld reports them.
+
+    On a board with an external region ([placement] external) the result also has
+    "placement": {"internal": [...], "external": [...]}, the weights.bin arrays in each
+    region (see place_arrays).
     """
+    if board.is_host or board.placement.external is None:
+        return _link(board, qm, files, folder)
+    files, placement = place_arrays(board, qm, files, folder / "probe")
+    linked = _link(board, qm, files, folder)
+    linked["placement"] = placement
+    return linked
+
+
+def place_arrays(board, qm: QModel, files: dict[str, str | bytes],
+                 probe_folder: Path) -> tuple[dict[str, str | bytes], dict]:
+    """Choose the region of each weights.bin array; return the files with weights.S placed.
+
+    Policy: the vector table, code, small constants and .data image stay in the code region
+    (internal flash). The weight arrays follow in weights.bin order (block weights first,
+    then the heads), each one that still fits. An array that does not fit goes to the
+    external region, but later smaller ones may still fill the code region. The embedding
+    tables (blob.TABLES) always go to the external region. How much fits is measured, not
+    estimated: a probe link with every array in the external region gives the bytes the
+    rest uses in the code region. Raises BuildError naming the bytes needed and available
+    when the external region is too small.
+    """
+    weights_s = files["weights.S"]
+    arrays = blob.arrays_of(weights_s)
+    names = {name for name, _, _ in arrays}
+    code, external = board.region(board.placement.code), board.external_region
+    # The probe's external region reaches the end of the address space, so it always fits.
+    roomy = dataclasses.replace(external, length=2**32 - external.origin)
+    probe_board = dataclasses.replace(board, memory=tuple(
+        roomy if region.name == external.name else region for region in board.memory))
+    probe = _link(probe_board, qm, {**files, "weights.S": blob.place_arrays(weights_s, names)},
+                  probe_folder)
+    shutil.rmtree(probe_folder, ignore_errors=True)
+    rest = probe["regions"][code.name]
+
+    free, inside = code.length - rest, []
+    for name, size, _ in arrays:
+        if name in blob.TABLES or blob.aligned(size) > free:
+            continue
+        inside.append(name)
+        free -= blob.aligned(size)
+    outside = [name for name, _, _ in arrays if name not in inside]
+    needed = sum(blob.aligned(size) for name, size, _ in arrays if name in outside)
+    if needed > external.length:
+        limit = external.max_length or external.length
+        fixes = [] if set(qm.layer_bits().values()) == {4} else ["use --bits 4"]
+        if needed <= limit:
+            fixes.insert(0, f"pass --external-flash-bytes {needed} or more (region "
+                            f"{external.name!r} maps up to {limit} bytes)")
+        fix = "use a smaller model"
+        if fixes:
+            fix = ", ".join(fixes) + ("," if len(fixes) > 1 else "") + " or " + fix
+        in_code = code.length - free
+        raise BuildError(
+            f"the model does not fit board {board.name!r}: it needs {in_code + needed} bytes "
+            f"of flash, {in_code} in region {code.name!r} ({code.length} bytes) and {needed} "
+            f"in region {external.name!r}, which has {external.length} bytes; {fix}")
+    log.info("flash placement on %s: %d arrays in %s, %d in %s (%d bytes)", board.name,
+             len(inside), code.name, len(outside), external.name, needed)
+    placed = {**files, "weights.S": blob.place_arrays(weights_s, set(outside))}
+    return placed, {"internal": inside, "external": outside}
+
+
+def _link(board, qm: QModel, files: dict[str, str | bytes], folder: Path) -> dict:
     src = folder / "src"
     emit.write(files, src)
     generated = emit.compiled_sources(src)
@@ -263,6 +378,11 @@ def link_firmware(board, qm: QModel, files: dict[str, str | bytes], folder: Path
     return linked
 
 
+def flash_used(board, linked: dict) -> int:
+    """Bytes of flash the linked firmware uses: its code region plus its external region."""
+    return sum(linked["regions"][region.name] for region in board.flash_regions)
+
+
 def check_flash_budget(board, qm: QModel, linked: dict, flash_budget: int | None) -> None:
     """Raise BuildError when the linked firmware uses more flash than flash_budget.
 
@@ -273,7 +393,7 @@ def check_flash_budget(board, qm: QModel, linked: dict, flash_budget: int | None
     if board.is_host:
         used, part = weight_bytes(qm), "block weights"
     else:
-        used, part = linked["regions"][board.placement.code], "firmware"
+        used, part = flash_used(board, linked), "firmware"
     if used > flash_budget:
         raise BuildError(f"the {part} use {used} bytes, over the flash budget of {flash_budget} "
                          f"bytes on board {board.name!r}; raise --flash-budget, use --bits auto "
@@ -284,15 +404,23 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
           calibration_puzzles: int = 64, command: str | None = None,
           public_config: str | Path | None = None, task: str | None = None,
           flash_budget: int | None = None,
-          layer_bits: dict[str, int] | None = None) -> BuildResult:
+          layer_bits: dict[str, int] | None = None,
+          external_flash_bytes: int | None = None) -> BuildResult:
     """Quantize, emit, compile, link and report into out_dir; see the module docstring.
 
     bits: 4, 8 or "auto" (each block linear INT4 or INT8, chosen by precision.py to fit
     flash_budget). flash_budget: flash bytes the firmware may use (default: all of the
     board's flash); on the host it bounds the block weights. layer_bits sets single
     layers' bits by hand (keys as QModel.errors), with bits as the default.
+    external_flash_bytes sets the length of the board's external flash region (the board
+    file's length by default, at most its max_length).
     """
     board = boards.load_board(board_name)
+    if external_flash_bytes is not None:
+        try:
+            board = boards.with_external_bytes(board, external_flash_bytes)
+        except ValueError as err:
+            raise BuildError(str(err)) from None
     check_build_options(board, bits, flash_budget, layer_bits)
     if calibration_puzzles < 1:
         raise BuildError(f"--calibration {calibration_puzzles} is invalid; use 1 or more puzzles")
@@ -341,6 +469,7 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
         (staging / "build.json").write_text(json.dumps({
             "model": str(model_path.resolve()), "bits": bits, "layer_bits": qm.layer_bits(),
             "flash_budget": flash_budget, "board": board.name,
+            "external_flash_bytes": external_flash_bytes,
             "task": qm.config.task, "seq_len": qm.config.seq_len,
             "num_puzzle_identifiers": qm.config.num_puzzle_identifiers,
             "calibration_puzzles": calibration_puzzles, "model_id": qm.model_id(),

@@ -91,6 +91,18 @@ def parse_flash_budget(value: str | None) -> int | None:
     return budget
 
 
+def parse_size(value: str, option: str, example: str) -> int:
+    """Parse a byte count given in decimal or 0x hex; raise UserError naming the option."""
+    try:
+        size = int(value, 0)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise UserError(f"{option} {value} is invalid; use a positive number of bytes such as "
+                        f"{example}")
+    return size
+
+
 def precision_summary(p: dict) -> str:
     """Format one line on the layers that --bits auto made INT4, their weight bytes and fidelity."""
     if p["flash_budget_bytes"] is None:
@@ -107,14 +119,20 @@ def cmd_build(args) -> int:
     bits = parse_bits(args.bits)
     flash_budget = parse_flash_budget(args.flash_budget)
     out = Path(args.out or f"build/{args.board}")
+    external = None
+    if args.external_flash_bytes is not None:
+        external = parse_size(args.external_flash_bytes, "--external-flash-bytes", "33554432")
     result = build(args.model, args.board, bits, out, args.calibration,
-                   public_config=args.public_config, task=args.task, flash_budget=flash_budget)
+                   public_config=args.public_config, task=args.task, flash_budget=flash_budget,
+                   external_flash_bytes=external)
     r = result.report
     print(f"built {r['board']} {r['weight_precision']} model {r['model_id']} in {out}/")
     if "precision" in r:
         print(f"  {precision_summary(r['precision'])}")
     for region in r["regions"]:
         print(f"  {region['name']:10s} {region['used_bytes']:9d} of {region['length_bytes']:9d} bytes")
+    if r.get("ram"):
+        print(f"  RAM (.data + .bss + .arena + .stack) {r['ram']['bytes']} bytes")
     a = r["arena"]
     print(f"  arena {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, "
           f"without reuse {a['no_reuse_bytes']}), {r['macs']['total']} MACs per supervision step")
@@ -468,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flash-budget", metavar="BYTES",
                    help="flash bytes the firmware may use (default: all of the board's "
                    "flash); on the host it bounds the block weights")
+    p.add_argument("--external-flash-bytes", metavar="BYTES",
+                   help="size of the board's external flash region (stm32h7: the QSPI window "
+                   "at 0x90000000, 2 MB by default, up to 256 MB); decimal or 0x hex")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--public-config", help=PUBLIC_HELP)
     p.add_argument("--task", choices=("sudoku", "maze", "arc"),

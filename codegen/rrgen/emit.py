@@ -297,6 +297,7 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
         "arrays": table.arrays, "layers": layers, "model_id": qm.model_id(),
         "blob_arrays": table.blob.arrays, "blob_file": blob.FILE_NAME,
         "blob_bytes": len(weights_bin), "section": blob.SECTION,
+        "external_section": blob.EXTERNAL_SECTION,
         "add_z": add_initializer(qm.add_z), "add_y": add_initializer(qm.add_y),
         "lm_head": lm_head, "q_head": q_head,
         "linear_kinds": kinds, "linear_by_bits": bool(dispatched),
@@ -329,6 +330,11 @@ def write(files: dict[str, str | bytes], out_dir: Path) -> list[Path]:
     return paths
 
 
+FLASH_READ_SOURCE = FIRMWARE_DIR / "src" / "flash_read.c"
+
+
 def compiled_sources(src: Path) -> list[Path]:
-    """List the generated files in src that the compiler builds (write's output folder)."""
-    return [src / "model.c", src / "weights.c", src / "weights.S", src / "kernels.c"]
+    """List the files that the compiler builds for the model: the generated files in src
+    (write's output folder) and firmware/src/flash_read.c, the weak rr_flash_read default."""
+    return [src / "model.c", src / "weights.c", src / "weights.S", src / "kernels.c",
+            FLASH_READ_SOURCE]

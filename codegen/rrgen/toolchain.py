@@ -113,7 +113,10 @@ def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path]
     the preprocessor and the assembler. `defines` are extra -D flags, e.g.
     ["-DRR_MAX_SEQ_LEN=81"].
 
-    Returns {"elf": Path, "bin": Path | None, "map": Path | None,
+    A board with an external region ([placement] external) gets <name>.bin without
+    section .rr_external and <name>-<region>.bin with only that section.
+
+    Returns {"elf": Path, "bin": Path | None, "external_bin": Path | None, "map": Path | None,
              "linker_script": Path | None, "sections": {name: {"size", "address"}},
              "regions": {region name: bytes used}}; the host entries are None or empty.
     Raises ToolchainError when a tool is missing or a step fails.
@@ -149,14 +152,23 @@ def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path]
     _run([gcc, *board.cflags, *ARM_LDFLAGS, f"-T{script}", f"-Wl,-Map={map_file}",
           *map(str, objects), "-o", str(elf)], f"linking {elf.name} for board {board.name}")
     binary = out_dir / f"{name}.bin"
-    _run([objcopy, "-O", "binary", str(elf), str(binary)], f"objcopy of {elf.name}")
+    external_binary = None
+    if board.placement.external:
+        # One image per region: a single image would span the gap between the regions.
+        _run([objcopy, "-O", "binary", "-R", ".rr_external", str(elf), str(binary)],
+             f"objcopy of {elf.name}")
+        external_binary = out_dir / f"{name}-{board.placement.external}.bin"
+        _run([objcopy, "-O", "binary", "-j", ".rr_external", str(elf), str(external_binary)],
+             f"objcopy of {elf.name}, section .rr_external")
+    else:
+        _run([objcopy, "-O", "binary", str(elf), str(binary)], f"objcopy of {elf.name}")
     sections = parse_size_output(_run([size, "-A", "-d", str(elf)], f"size of {elf.name}"))
     regions = region_usage(board, sections)
     for region in board.memory:
         log.info("board %s, region %s: %d of %d bytes used", board.name, region.name,
                  regions[region.name], region.length)
-    return {"elf": elf, "bin": binary, "map": map_file, "linker_script": script,
-            "sections": sections, "regions": regions}
+    return {"elf": elf, "bin": binary, "external_bin": external_binary, "map": map_file,
+            "linker_script": script, "sections": sections, "regions": regions}
 
 
 def _build_host(board: Board, sources: list[Path], flags: list[str], out_dir: Path,
@@ -165,5 +177,5 @@ def _build_host(board: Board, sources: list[Path], flags: list[str], out_dir: Pa
     executable = out_dir / name
     _run([gcc, *board.cflags, *COMMON_CFLAGS, *flags, *map(str, sources), "-o",
           str(executable)], f"building {name} for the host")
-    return {"elf": executable, "bin": None, "map": None, "linker_script": None,
-            "sections": {}, "regions": {}}
+    return {"elf": executable, "bin": None, "external_bin": None, "map": None,
+            "linker_script": None, "sections": {}, "regions": {}}
