@@ -24,8 +24,9 @@ assembler rejects a slice that lies past the end of the file, and gcc builds it 
 C sources on every target.
 
 External flash: on a board with an external region (boards.py), build.link_firmware moves
-arrays from .rodata.rr_weights to section .rodata.rr_external with place_arrays: always the
-embedding tables (TABLES), and the weight arrays that do not fit in the code region. The
+arrays from .rodata.rr_weights to section .rodata.rr_external with place_arrays: when the
+model does not fit in the code region (or the board sets tables_external), the embedding
+tables (TABLES), and the weight arrays that do not fit there. The
 linker script puts .rodata.rr_external into output section .rr_external in that region.
 Only the `.section` line of each array changes, so the code and weights.c stay the same.
 

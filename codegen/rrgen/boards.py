@@ -78,6 +78,7 @@ class Placement:
     arena: str         # .arena, the model's activation buffers
     stack_bytes: int
     external: str | None = None   # embedding tables and weights that do not fit in code
+    tables_external: bool = False  # tables in `external` even when everything fits in code
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,8 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
                           stack=_require(data, "stack", str, where),
                           arena=_require(data, "arena", str, where),
                           stack_bytes=_require(data, "stack_bytes", int, where),
-                          external=_optional(data, "external", str, where))
+                          external=_optional(data, "external", str, where),
+                          tables_external=bool(_optional(data, "tables_external", bool, where)))
     roles = {region.name: region.role for region in regions}
     if placement.external is not None and placement.external not in roles:
         raise ValueError(f"{where}: external = {placement.external!r} is not a memory region; "

@@ -309,10 +309,13 @@ def place_arrays(board, qm: QModel, files: dict[str, str | bytes],
     """Choose the region of each weights.bin array; return the files with weights.S placed.
 
     Policy: the vector table, code, small constants and .data image stay in the code region
-    (internal flash). The weight arrays follow in weights.bin order (block weights first,
-    then the heads), each one that still fits. An array that does not fit goes to the
-    external region, but later smaller ones may still fill the code region. The embedding
-    tables (blob.TABLES) always go to the external region. How much fits is measured, not
+    (internal flash). When every array fits there too, nothing goes to the external region,
+    so a board without an external chip runs the firmware ([placement] tables_external = true
+    turns this off). Otherwise the embedding tables
+    (blob.TABLES, read one row per token) go to the external region, and the weight arrays
+    follow in weights.bin order (block weights first, then the heads), each one that still
+    fits in the code region. An array that does not fit goes to the external region, but
+    later smaller ones may still fill the code region. How much fits is measured, not
     estimated: a probe link with every array in the external region gives the bytes the
     rest uses in the code region. Raises BuildError naming the bytes needed and available
     when the external region is too small.
@@ -331,8 +334,10 @@ def place_arrays(board, qm: QModel, files: dict[str, str | bytes],
     rest = probe["regions"][code.name]
 
     free, inside = code.length - rest, []
+    everything = (not board.placement.tables_external and
+                  sum(blob.aligned(size) for _, size, _ in arrays) <= free)
     for name, size, _ in arrays:
-        if name in blob.TABLES or blob.aligned(size) > free:
+        if not everything and (name in blob.TABLES or blob.aligned(size) > free):
             continue
         inside.append(name)
         free -= blob.aligned(size)
