@@ -67,6 +67,11 @@ class Placement:
     stack: str         # the stack, at the top of this region
     arena: str         # .arena, the model's activation buffers
     stack_bytes: int
+    # RAM regions, fastest first, that the planner may split the arena over when it does
+    # not fit `arena`; each gets its own section .arena.<region>. Default: (arena,).
+    arena_regions: tuple[str, ...] = ()
+    # Bytes kept free for .data and .bss in the `data` region when the arena shares it.
+    data_reserve_bytes: int = 4096
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,19 @@ class Board:
     def flash_bytes(self) -> int:
         """Capacity of the region that stores code and constants."""
         return self.region(self._placement().code).length
+
+    def arena_space(self, name: str):
+        """The bytes region `name` offers the arena: its length less the stack and the
+        .data/.bss reserve where it holds them."""
+        from .plan import RegionSpace
+
+        placement = self._placement()
+        available = self.region(name).length
+        if name == placement.stack:
+            available -= placement.stack_bytes
+        if name == placement.data:
+            available -= placement.data_reserve_bytes
+        return RegionSpace(name, available)
 
     @property
     def ram_regions(self) -> tuple[MemoryRegion, ...]:
@@ -190,7 +208,10 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
                           data=_require(data, "data", str, where),
                           stack=_require(data, "stack", str, where),
                           arena=_require(data, "arena", str, where),
-                          stack_bytes=_require(data, "stack_bytes", int, where))
+                          stack_bytes=_require(data, "stack_bytes", int, where),
+                          arena_regions=tuple(_optional(data, "arena_regions", list, where) or ()),
+                          data_reserve_bytes=_optional(data, "data_reserve_bytes", int, where)
+                          if "data_reserve_bytes" in data else 4096)
     roles = {region.name: region.role for region in regions}
     expected_roles = {"code": "flash", "data": "ram", "stack": "ram", "arena": "ram"}
     for field, role in expected_roles.items():
@@ -201,6 +222,14 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
         if roles[region_name] != role:
             raise ValueError(f"{where}: {field} = {region_name!r} has role "
                              f"{roles[region_name]!r}, expected {role!r}")
+    for region_name in placement.arena_regions:
+        if roles.get(region_name) != "ram":
+            raise ValueError(f"{where}: arena_regions entry {region_name!r} is not a RAM region; "
+                             f"RAM regions are {sorted(n for n, r in roles.items() if r == 'ram')}")
+    if len(set(placement.arena_regions)) != len(placement.arena_regions):
+        raise ValueError(f"{where}: arena_regions {list(placement.arena_regions)} repeat a region")
+    if placement.data_reserve_bytes < 0:
+        raise ValueError(f"{where}: data_reserve_bytes {placement.data_reserve_bytes} must be 0 or more")
     stack_region = next(region for region in regions if region.name == placement.stack)
     if placement.stack_bytes <= 0 or placement.stack_bytes % 8:
         raise ValueError(f"{where}: stack_bytes {placement.stack_bytes} must be a positive "
@@ -282,14 +311,17 @@ def render_linker_script(board: Board, templates_dir: Path = TEMPLATES_DIR) -> s
     The code region gets the vector table first, then .text, the weights (.rr_weights,
     16-byte aligned, from the input sections .rodata.rr_weights*), .rodata and the .data
     load image. The data region gets .data and
-    .bss, the arena region the NOLOAD .arena (16-byte aligned), and the stack fills the
-    top of the stack region. ASSERTs fail the link with a message naming what does not fit.
+    .bss, the arena region the NOLOAD .arena (16-byte aligned), each region of
+    placement.arena_regions a NOLOAD .arena.<region> (the arena arrays of a split plan),
+    and the stack fills the top of the stack region. ASSERTs fail the link with a message naming what does not fit.
     """
     placement = board._placement()
     # (end symbol, section) of every section that shares the stack's region.
     sections = [("__data_end__", ".data", placement.data),
                 ("__bss_end__", ".bss", placement.data),
                 ("__arena_end__", ".arena", placement.arena)]
+    sections += [(f"__arena_{name}_end__", f".arena.{name}", name)
+                 for name in placement.arena_regions]
     below_stack = [{"symbol": symbol, "section": section}
                    for symbol, section, region in sections if region == placement.stack]
     context = {
@@ -302,6 +334,7 @@ def render_linker_script(board: Board, templates_dir: Path = TEMPLATES_DIR) -> s
                      "length": f"0x{region.length:08X}",
                      "size_text": _size_text(region.length)} for region in board.memory],
         "placement": placement,
+        "arena_regions": placement.arena_regions,
         "below_stack": below_stack,
     }
     text = _template_environment(templates_dir).get_template(LINKER_TEMPLATE).render(context)

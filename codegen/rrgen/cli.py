@@ -116,8 +116,10 @@ def cmd_build(args) -> int:
     for region in r["regions"]:
         print(f"  {region['name']:10s} {region['used_bytes']:9d} of {region['length_bytes']:9d} bytes")
     a = r["arena"]
-    print(f"  arena {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, "
-          f"without reuse {a['no_reuse_bytes']}), {r['macs']['total']} MACs per supervision step")
+    where = ", ".join(f"{arr['region']} {arr['bytes']}" for arr in a["arrays"] if arr["region"])
+    print(f"  arena {a['bytes']} bytes{' (' + where + ')' if where else ''}, lower bound "
+          f"{a['lower_bound_bytes']}, greedy by size {a['greedy_by_size_bytes']}, without reuse "
+          f"{a['no_reuse_bytes']}; {r['macs']['total']} MACs per supervision step")
     firmware = "firmware (host executable)" if args.board == "host" else "firmware.elf, firmware.bin"
     print(f"  {firmware}, src/, report.md, report.json")
     return 0
