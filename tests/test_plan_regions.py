@@ -53,7 +53,7 @@ def split_board(tmp_path, fast_bytes=0x2000, mid_bytes=0x4000, regions=("fast", 
     return parse_board(data, tmp_path / "mps2-an500.toml")
 
 
-def test_arena_splits_when_the_arena_region_is_too_small(tiny_qmodels, tmp_path):
+def test_small_region_splits_arena(tiny_qmodels, tmp_path):
     board = split_board(tmp_path)
     qm = tiny_qmodels[8]
     whole = plan_arena(qm)
@@ -73,7 +73,7 @@ def test_arena_splits_when_the_arena_region_is_too_small(tiny_qmodels, tmp_path)
     assert any(b.role == "body" and b.name in layout.arenas[0].plan.offsets for b in layout.buffers)
 
 
-def test_arena_that_fits_no_split_fails_naming_the_bytes(tiny_qmodels, tmp_path):
+def test_no_split_fits_error(tiny_qmodels, tmp_path):
     board = split_board(tmp_path, fast_bytes=0x800, mid_bytes=0x800, regions=("fast", "mid"))
     with pytest.raises(BuildError, match=r"needs \d+ bytes .*fast 2048, mid 2048"):
         plan_for_board(tiny_qmodels[8], board)
@@ -84,12 +84,12 @@ def test_linker_script_has_a_section_per_arena_region(tmp_path):
     for name in ("dtcm", "axi_sram", "sram123", "sram4", "itcm"):
         assert f".arena.{name} (NOLOAD) : ALIGN(16)" in script
         assert f"KEEP(*(.arena.{name}))\n        . = ALIGN(16);\n        __arena_{name}_end__ = .;\n    }} > {name}" in script
-    # DTCM also holds the stack: its arena part must end below it.
+    # DTCM also contains the stack: its arena part must end below it.
     assert "ASSERT(__arena_dtcm_end__ <= __stack_limit__" in script
     assert "ASSERT(__arena_axi_sram_end__ <= __stack_limit__" not in script
 
 
-def test_full_size_sudoku_mlp_splits_over_the_stm32h7_regions():
+def test_full_size_splits_on_stm32h7():
     config = TRMConfig(vocab_size=11, seq_len=81, hidden_size=512, expansion=4.0, L_layers=2,
                        H_cycles=3, L_cycles=6, puzzle_emb_len=16, mlp_t=True, task="sudoku")
     torch.manual_seed(0)
@@ -135,7 +135,8 @@ def test_arena_arrays_land_in_their_regions(split_build):
         region = board.region(arena.region)
         address, size = symbols[arena.symbol]
         assert size == arena.bytes, arena.symbol
-        assert region.origin <= address and address + size <= region.end, arena.symbol
+        assert address >= region.origin, arena.symbol
+        assert address + size <= region.end, arena.symbol
         assert sections[arena.section]["address"] == address
         assert f'section(".arena.{arena.region}")' in split_build.source
     assert ".arena" not in sections or sections[".arena"]["size"] == 0

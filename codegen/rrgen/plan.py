@@ -141,8 +141,8 @@ class Plan:
 # Heuristics ---------------------------------------------------------------------------------
 
 def _gaps(plan: Plan, placed: list[Buffer], b: Buffer) -> list[tuple[int, int]]:
-    """Free aligned ranges [start, end) for b among the placed buffers that conflict with it;
-    the last one is open (end None stands for no limit)."""
+    """List the free aligned ranges [start, end) for b among the placed buffers that
+    conflict with it. The last range is open: its end is None."""
     taken = sorted((plan.offsets[p.name], plan.offsets[p.name] + align(p.size_bytes))
                    for p in placed if p.conflicts(b))
     gaps, offset = [], 0
@@ -160,7 +160,7 @@ def _first_fit(plan: Plan, placed: list[Buffer], b: Buffer) -> int:
 
 
 def _best_fit(plan: Plan, placed: list[Buffer], b: Buffer) -> int:
-    """The smallest closed gap that holds b, else the first fit."""
+    """Return the start of the smallest closed gap that fits b, else the first fit."""
     need = align(b.size_bytes)
     closed = [(end - start, start) for start, end in _gaps(plan, placed, b)
               if end is not None and end - start >= need]
@@ -199,7 +199,7 @@ def plan_greedy(buffers: list[Buffer]) -> Plan:
 
 
 def plan_heuristic(buffers: list[Buffer]) -> Plan:
-    """The smallest plan of the heuristics (step 1 of the module docstring)."""
+    """Run every heuristic (step 1 of the module docstring) and return the smallest plan."""
     best = None
     for order in ORDERS:
         for fit in FITS:
@@ -214,7 +214,7 @@ def plan_heuristic(buffers: list[Buffer]) -> Plan:
 # Exact search -------------------------------------------------------------------------------
 
 def plan_best(buffers: list[Buffer], node_limit: int = SEARCH_NODE_LIMIT) -> Plan:
-    """The heuristics, then branch and bound when they miss the lower bound (see above)."""
+    """Plan with the heuristics, then search by branch and bound when they miss the lower bound."""
     best = plan_heuristic(buffers)
     if best.optimal:
         return best
@@ -309,7 +309,7 @@ def scratch_name(node) -> str:
 # The TRM arena ------------------------------------------------------------------------------
 
 def step_buffers(config, graph) -> list[Buffer]:
-    """Every buffer of one supervision step on one timeline (module docstring).
+    """List every buffer of one supervision step on one timeline (module docstring).
 
     Steps 0..n+1 are the block body (block_buffers), n+2..n+3 the heads; y, z and x are
     live at all of them.
@@ -352,7 +352,7 @@ class RegionArena:
 
 @dataclass
 class ArenaLayout:
-    """Where each buffer lives (arena and offset), and the figures for the report."""
+    """Arena array and offset of each buffer, and the figures for the report."""
     carry_bytes: int
     buffers: list[Buffer]
     arenas: list[RegionArena]
