@@ -4,7 +4,8 @@ Tiny hand-made cases state every expected offset and the arena size. verify() mu
 on overlapping, unaligned and out-of-arena plans. On seeded random buffer sets, an
 independent oracle in this file recomputes lifetimes step by step. The lower bound must
 match it, no two buffers live at one step may share a byte, and the greedy arena is never
-below the lower bound. plan_best() reaches the bound where every heuristic misses it.
+below the lower bound. plan_best() reaches the bound where every heuristic misses it, and
+an exhaustive oracle on small sets confirms every plan it marks optimal.
 plan_arena() on the tiny quantized model keeps y, z and x live at every step, and every
 shipped configuration and the full-size Sudoku-MLP plan exactly at the lower bound.
 
@@ -291,6 +292,56 @@ def test_best_plans_are_valid_and_between_bound_and_greedy():
         assert oracle_overlaps(plan) == [], where
         assert oracle_lower_bound(buffers) <= plan.arena_bytes <= plan_greedy(buffers).arena_bytes, where
         assert all(plan.offsets[b.name] + b.size_bytes <= plan.arena_bytes for b in buffers), where
+
+
+def oracle_optimum(buffers: list[Buffer]) -> int:
+    """Smallest arena over every aligned offset of every buffer (backtracking, tiny sets)."""
+    sizes = [-(-b.size_bytes // ALIGNMENT_BYTES) * ALIGNMENT_BYTES for b in buffers]
+    best, offsets = [sum(sizes)], [0] * len(buffers)
+
+    def place(i: int, top: int) -> None:
+        if top >= best[0]:
+            return
+        if i == len(buffers):
+            best[0] = top
+            return
+        for offset in range(0, best[0] - sizes[i] + 1, ALIGNMENT_BYTES):
+            if all(not (live_steps(buffers[i]) & live_steps(buffers[j]))
+                   or offsets[j] + sizes[j] <= offset or offset + sizes[i] <= offsets[j]
+                   for j in range(i)):
+                offsets[i] = offset
+                place(i + 1, max(top, offset + sizes[i]))
+
+    place(0, 0)
+    return best[0]
+
+
+def test_search_proves_optimum_above_bound():
+    # Each pair is live together at some step, but no step has all three: the bound is 64,
+    # yet the three need disjoint bytes. Buffers with two intervals (like io) allow this.
+    triangle = [Buffer("a", 16, [(1, 2), (3, 3)]), Buffer("b", 32, [(0, 0), (3, 4)]),
+                Buffer("c", 32, [(0, 1)])]
+    assert oracle_lower_bound(triangle) == 64
+    assert oracle_optimum(triangle) == 80
+    plan = plan_best(triangle)
+    assert plan.arena_bytes == 80
+    assert plan.optimal
+
+
+def test_best_plans_match_exhaustive_oracle():
+    rng = np.random.default_rng(5)
+    for trial in range(150):
+        buffers = []
+        for index in range(int(rng.integers(2, 6))):
+            intervals = []
+            for _ in range(int(rng.integers(1, 3))):
+                first = int(rng.integers(0, 5))
+                intervals.append((first, first + int(rng.integers(0, 2))))
+            buffers.append(Buffer(f"b{index}", 16 * int(rng.integers(1, 4)), intervals))
+        plan = plan_best(buffers)
+        where = f"trial {trial}: {[(b.name, b.size_bytes, b.intervals) for b in buffers]}"
+        assert plan.optimal, where
+        assert plan.arena_bytes == oracle_optimum(buffers), where
 
 
 def test_verify_catches_an_overlap_in_a_model_plan(tiny_qmodels):

@@ -25,6 +25,9 @@ the same buffers can be smaller. For step_buffers this is 3 aligned carries (liv
 every step) plus the larger of the body's and the heads' own bound: a true lower bound
 of the whole arena. With several regions, each region's arena is at least its own
 buffers' bound, and their sum is at least the bound of all buffers.
+The bound is not always reachable: buffers with two intervals (like io) can conflict in
+pairs without all being live at one step. Plan.optimal then says whether the search
+proved the plan minimal.
 
 Algorithm (plan_best):
 1. Heuristics: place the buffers one at a time, each at the lowest aligned offset where it
