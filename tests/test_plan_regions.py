@@ -99,9 +99,18 @@ def test_full_size_splits_on_stm32h7():
     assert layout.arena_bytes > board.arena_space("axi_sram").available_bytes
     for arena in layout.arenas:
         arena.plan.verify()
-        assert arena.bytes <= board.arena_space(arena.region).available_bytes
+        space = board.arena_space(arena.region)
+        assert arena.plan.arena_bytes <= space.available_bytes
+        assert arena.bytes == space.start_bytes + arena.plan.arena_bytes
+        assert arena.available_bytes == space.start_bytes + space.available_bytes
     # Buffers in different regions cannot share bytes, yet this split still meets the bound.
-    assert layout.arena_bytes == layout.lower_bound_bytes == 985088
+    assert sum(arena.plan.arena_bytes for arena in layout.arenas) == 985088
+    assert layout.lower_bound_bytes == 985088
+    # ITCM starts at address 0: its array keeps 16 bytes free, so no buffer is at NULL.
+    itcm = next(arena for arena in layout.arenas if arena.region == "itcm")
+    assert itcm.start_bytes == 16
+    assert all(layout.offset(name) >= 16 for name in itcm.plan.offsets)
+    assert layout.arena_bytes == 985088 + 16
 
 
 def test_one_region_path_is_kept(tiny_qmodels):

@@ -68,7 +68,8 @@ class Placement:
     arena: str         # .arena, the model's activation buffers
     stack_bytes: int
     # RAM regions, fastest first, that the planner may split the arena over when it does
-    # not fit `arena`; each gets its own section .arena.<region>. Default: (arena,).
+    # not fit `arena`; each gets its own section .arena.<region>. Empty (the default):
+    # the arena never splits.
     arena_regions: tuple[str, ...] = ()
     # Bytes kept free for .data and .bss in the `data` region when the arena shares it.
     data_reserve_bytes: int = 4096
@@ -111,9 +112,9 @@ class Board:
         return self.region(self._placement().code).length
 
     def arena_space(self, name: str):
-        """The bytes region `name` offers the arena: its length less the stack and the
-        .data/.bss reserve where it holds them."""
-        from .plan import RegionSpace
+        """Return the bytes region `name` offers the arena: its length less the stack, the
+        .data/.bss reserve where it contains them, and 16 bytes at address 0."""
+        from .plan import ALIGNMENT_BYTES, RegionSpace
 
         placement = self._placement()
         available = self.region(name).length
@@ -121,7 +122,9 @@ class Board:
             available -= placement.stack_bytes
         if name == placement.data:
             available -= placement.data_reserve_bytes
-        return RegionSpace(name, available)
+        # A region at address 0 (ITCM) keeps its first bytes free: no buffer at NULL.
+        start_bytes = ALIGNMENT_BYTES if self.region(name).origin == 0 else 0
+        return RegionSpace(name, available - start_bytes, start_bytes)
 
     @property
     def ram_regions(self) -> tuple[MemoryRegion, ...]:

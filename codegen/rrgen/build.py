@@ -114,15 +114,17 @@ def plan_for_board(qm: QModel, board) -> plan.ArenaLayout:
 
 
 def arena_report(layout: plan.ArenaLayout) -> dict:
-    """The arena part of report.json: totals, and bytes per arena array and region."""
+    """Collect the arena part of report.json: totals, and bytes per arena array and region."""
     return {"bytes": layout.arena_bytes, "lower_bound_bytes": layout.lower_bound_bytes,
             "greedy_by_size_bytes": layout.greedy_bytes,
             "no_reuse_bytes": layout.no_reuse_bytes, "carry_bytes": 2 * layout.carry_bytes,
             "arrays": [{"region": a.region, "symbol": a.symbol, "section": a.section,
-                        "bytes": a.bytes, "available_bytes": a.available_bytes,
+                        "bytes": a.bytes, "start_bytes": a.start_bytes,
+                        "available_bytes": a.available_bytes,
                         "lower_bound_bytes": a.plan.lower_bound_bytes, "method": a.plan.method,
                         "optimal": a.plan.optimal,
-                        "buffers": {name: a.plan.offsets[name] for name in sorted(a.plan.offsets)}}
+                        "buffers": {name: a.start_bytes + a.plan.offsets[name]
+                                    for name in sorted(a.plan.offsets)}}
                        for a in layout.arenas],
             "timeline": layout.timeline()}
 
@@ -179,8 +181,9 @@ def report_markdown(report: dict, command: str) -> str:
               "| arena array | region | bytes | lower bound | available bytes | placed by |",
               "|---|---|---|---|---|---|"]
     for arr in a["arrays"]:
+        kept_free = f" (first {arr['start_bytes']} kept free)" if arr["start_bytes"] else ""
         lines.append(f"| {arr['symbol']} ({arr['section']}) | {arr['region'] or 'host'} | "
-                     f"{arr['bytes']} | {arr['lower_bound_bytes']} | "
+                     f"{arr['bytes']}{kept_free} | {arr['lower_bound_bytes']} | "
                      f"{arr['available_bytes'] if arr['available_bytes'] is not None else '-'} | "
                      f"{arr['method']} |")
     lines += ["", "Arena plan of one supervision step (block body, then heads):", "", "```",

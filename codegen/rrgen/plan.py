@@ -26,7 +26,7 @@ every step) plus the larger of the body's and the heads' own bound: a true lower
 of the whole arena. With several regions, each region's arena is at least its own
 buffers' bound, and their sum is at least the bound of all buffers.
 The bound is not always reachable: buffers with two intervals (like io) can conflict in
-pairs without all being live at one step. Plan.optimal then says whether the search
+pairs without all being live at one step. Plan.optimal then records whether the search
 proved the plan minimal.
 
 Algorithm (plan_best):
@@ -336,7 +336,10 @@ def step_buffers(config, graph) -> list[Buffer]:
 class RegionSpace:
     """Bytes a RAM region offers to the arena, after the stack and .data/.bss it holds."""
     name: str
-    available_bytes: int
+    available_bytes: int        # for buffers, after start_bytes
+    # Bytes kept free at the start of the array: 16 in a region at address 0, so that no
+    # buffer has the address NULL (C treats it as no object; kernels reject it).
+    start_bytes: int = 0
 
 
 @dataclass
@@ -346,11 +349,13 @@ class RegionArena:
     symbol: str                 # C array, e.g. g_arena or g_arena_dtcm
     section: str                # .arena (one region) or .arena.<region>
     plan: Plan
-    available_bytes: int | None
+    available_bytes: int | None     # room for the whole array, start_bytes included
+    start_bytes: int = 0            # RegionSpace.start_bytes; plan offsets count from here
 
     @property
     def bytes(self) -> int:
-        return self.plan.arena_bytes
+        """Size of the C array: start_bytes plus the plan's arena."""
+        return self.start_bytes + self.plan.arena_bytes
 
 
 @dataclass
@@ -371,13 +376,20 @@ class ArenaLayout:
         return next(arena for arena in self.arenas if name in arena.plan.offsets)
 
     def offset(self, name: str) -> int:
-        return self.arena_of(name).plan.offsets[name]
+        """Offset of buffer `name` in its C array."""
+        arena = self.arena_of(name)
+        return arena.start_bytes + arena.plan.offsets[name]
 
     def timeline(self) -> str:
         """Plan.timeline of each arena array, on the steps of the whole supervision step."""
         last = max(t for b in self.buffers for _, t in b.intervals)
-        return "\n\n".join((f"{arena.region}:\n" if len(self.arenas) > 1 else "")
-                           + arena.plan.timeline(last) for arena in self.arenas)
+        parts = []
+        for arena in self.arenas:
+            title = f"{arena.region}:\n" if len(self.arenas) > 1 else ""
+            if arena.start_bytes:
+                title = f"{arena.region} (offsets count after the first {arena.start_bytes} bytes):\n"
+            parts.append(title + arena.plan.timeline(last))
+        return "\n\n".join(parts)
 
 
 def _split(buffers: list[Buffer], spaces: list[RegionSpace]) -> dict[str, list[Buffer]] | None:
@@ -430,7 +442,8 @@ def plan_arena(qm, single: RegionSpace | None = None,
                          plan_greedy(buffers).arena_bytes, whole.no_reuse_bytes)
     if single is None or whole.arena_bytes <= single.available_bytes:
         layout.arenas = [RegionArena(single and single.name, "g_arena", ".arena", whole,
-                                     single and single.available_bytes)]
+                                     single and single.available_bytes + single.start_bytes,
+                                     single.start_bytes if single else 0)]
         return layout
     available = ", ".join(f"{s.name} {s.available_bytes}" for s in split or (single,))
     groups = _split(buffers, list(split)) if len(split) > 1 else None
@@ -445,5 +458,7 @@ def plan_arena(qm, single: RegionSpace | None = None,
     spaces = {s.name: s for s in split}
     for name, group in groups.items():
         layout.arenas.append(RegionArena(name, f"g_arena_{name}", f".arena.{name}",
-                                         plan_best(group), spaces[name].available_bytes))
+                                         plan_best(group),
+                                         spaces[name].available_bytes + spaces[name].start_bytes,
+                                         spaces[name].start_bytes))
     return layout
