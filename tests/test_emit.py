@@ -119,12 +119,11 @@ def test_config_header_matches_plan(tiny_qmodels):
     qm = tiny_qmodels[8]
     layout = plan_arena(qm)
     header = emit.render(qm, layout, "tiny-test", PROVENANCE)["rr_model_config.h"]
-    defines = dict(re.findall(r"^#define (RR_\w+) (\d+)$", header, flags=re.MULTILINE))
+    defines = dict(re.findall(r"^#define (RR_\w+) (\d+)\b", header, flags=re.MULTILINE))
     assert int(defines["RR_ARENA_BYTES"]) == layout.arena_bytes
-    assert int(defines["RR_BLOCK_BASE"]) == layout.block_base
-    assert int(defines["RR_OFFSET_IO"]) == layout.block.offsets["io"]
-    assert int(defines["RR_OFFSET_LOGITS"]) == layout.heads.offsets["logits"]
-    assert int(defines["RR_OFFSET_Q"]) == layout.heads.offsets["q"]
+    assert int(defines["RR_G_ARENA_BYTES"]) == layout.arena_bytes   # one array on the host
+    for name in ("io", "logits", "q", "y", "z", "x"):
+        assert int(defines[f"RR_OFFSET_{name.upper()}"]) == layout.offset(name), name
     assert int(defines["RR_HIDDEN"]) == qm.config.hidden_size
     assert int(defines["RR_POSITIONS"]) == qm.config.positions
     assert int(defines["RR_WEIGHT_BITS"]) == 8

@@ -4,16 +4,26 @@ Tiny hand-made cases state every expected offset and the arena size. verify() mu
 on overlapping, unaligned and out-of-arena plans. On seeded random buffer sets, an
 independent oracle in this file recomputes lifetimes step by step. The lower bound must
 match it, no two buffers live at one step may share a byte, and the greedy arena is never
-below the lower bound. plan_arena() on the tiny quantized model must verify and equal the
-persistent carry region plus the block region.
+below the lower bound. plan_best() reaches the bound where every heuristic misses it, and
+an exhaustive oracle on small sets confirms every plan it marks optimal.
+plan_arena() on the tiny quantized model keeps y, z and x live at every step, and every
+shipped configuration and the full-size Sudoku-MLP plan exactly at the lower bound.
 
 Run: cd codegen && python -m pytest ../tests/test_plan.py
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
-from rrgen.plan import ALIGNMENT_BYTES, Buffer, Plan, align, block_buffers, plan_arena, plan_greedy
+from rrgen import zoo
+from rrgen.config import TRMConfig
+from rrgen.model import TRM
+from rrgen.plan import (ALIGNMENT_BYTES, Buffer, Plan, align, block_buffers, plan_arena, plan_best,
+                        plan_greedy, plan_heuristic)
+from rrgen.trace import trace_block
 
 
 def offsets_of(plan: Plan) -> dict[str, int]:
@@ -224,22 +234,136 @@ def test_plan_arena_of_tiny_model(tiny_qmodels):
     qm = tiny_qmodels[8]
     cfg = qm.config
     layout = plan_arena(qm)
-    layout.block.verify()
-    layout.heads.verify()
+    assert len(layout.arenas) == 1
+    arena = layout.arenas[0]
+    assert (arena.symbol, arena.section, arena.region) == ("g_arena", ".arena", None)
+    arena.plan.verify()
+    assert oracle_overlaps(arena.plan) == []
 
+    # Loop-aware lifetimes: y, z, x live at every step; body and heads on one timeline.
     carry = cfg.positions * cfg.hidden_size
     assert layout.carry_bytes == carry
-    assert layout.persistent == {"y": 0, "z": align(carry), "x": 2 * align(carry)}
-    assert layout.block_base == 3 * align(carry)
-    region = max(layout.block.arena_bytes, layout.heads.arena_bytes)
-    assert layout.arena_bytes == layout.block_base + region
-    assert layout.block_base % ALIGNMENT_BYTES == 0
+    buffers = {b.name: b for b in layout.buffers}
+    steps = set().union(*(live_steps(b) for b in layout.buffers))
+    for name in ("y", "z", "x"):
+        assert live_steps(buffers[name]) == steps, name
+    body = block_buffers(qm.graph)
+    heads = [b for b in layout.buffers if b.role == "heads"]
+    assert {b.name for b in heads} == {"logits", "q"}
+    assert max(t for b in body for t in live_steps(b)) < min(t for b in heads for t in live_steps(b))
 
-    # Heads: int16 logits [seq_len, vocab] and the int16 (halt, continue) pair, both live.
-    assert layout.heads.offsets == {"logits": 0, "q": align(cfg.seq_len * cfg.vocab_size * 2)}
-    assert oracle_overlaps(layout.block) == []
-    assert layout.lower_bound_bytes == layout.block_base + max(
-        oracle_lower_bound(layout.block.buffers), oracle_lower_bound(layout.heads.buffers))
-    assert layout.lower_bound_bytes <= layout.arena_bytes <= layout.no_reuse_bytes
-    assert layout.offset("block", "io") == layout.block_base + layout.block.offsets["io"]
-    assert layout.offset("heads", "q") == layout.block_base + layout.heads.offsets["q"]
+    # The bound of the whole arena: three carries plus the larger of body and heads.
+    expected = 3 * align(carry) + max(oracle_lower_bound(body), oracle_lower_bound(heads))
+    assert layout.lower_bound_bytes == expected == oracle_lower_bound(layout.buffers)
+    assert layout.arena_bytes == layout.lower_bound_bytes
+    assert layout.lower_bound_bytes <= layout.greedy_bytes <= layout.no_reuse_bytes
+    assert layout.offset("q") == arena.plan.offsets["q"]
+
+
+# The optimal planner ------------------------------------------------------------------------
+
+# Every heuristic misses the bound here (192 bytes); the search finds a plan of 176.
+HEURISTICS_MISS = [Buffer("a", 80, [(3, 5)]), Buffer("b", 16, [(0, 2)]), Buffer("c", 48, [(2, 2)]),
+                   Buffer("d", 48, [(0, 2)]), Buffer("e", 64, [(2, 3)])]
+
+
+def test_search_reaches_the_bound_where_every_heuristic_misses():
+    assert oracle_lower_bound(HEURISTICS_MISS) == 176
+    assert plan_greedy(HEURISTICS_MISS).arena_bytes == 192
+    assert plan_heuristic(HEURISTICS_MISS).arena_bytes == 192
+    plan = plan_best(HEURISTICS_MISS)
+    assert plan.arena_bytes == 176 and plan.optimal
+    assert plan.method.startswith("search")
+    assert oracle_overlaps(plan) == []
+
+
+def test_search_keeps_the_heuristic_plan_at_node_limit_zero():
+    plan = plan_best(HEURISTICS_MISS, node_limit=0)
+    assert plan.arena_bytes == 192 and not plan.optimal
+    plan.verify()
+
+
+def test_best_plans_are_valid_and_between_bound_and_greedy():
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        buffers = random_buffers(rng)
+        plan = plan_best(buffers, node_limit=2000)
+        where = f"trial {trial}: {[(b.name, b.size_bytes, b.intervals) for b in buffers]}"
+        assert oracle_overlaps(plan) == [], where
+        assert oracle_lower_bound(buffers) <= plan.arena_bytes <= plan_greedy(buffers).arena_bytes, where
+        assert all(plan.offsets[b.name] + b.size_bytes <= plan.arena_bytes for b in buffers), where
+
+
+def oracle_optimum(buffers: list[Buffer]) -> int:
+    """Smallest arena over every aligned offset of every buffer (backtracking, tiny sets)."""
+    sizes = [-(-b.size_bytes // ALIGNMENT_BYTES) * ALIGNMENT_BYTES for b in buffers]
+    best, offsets = [sum(sizes)], [0] * len(buffers)
+
+    def place(i: int, top: int) -> None:
+        if top >= best[0]:
+            return
+        if i == len(buffers):
+            best[0] = top
+            return
+        for offset in range(0, best[0] - sizes[i] + 1, ALIGNMENT_BYTES):
+            if all(not (live_steps(buffers[i]) & live_steps(buffers[j]))
+                   or offsets[j] + sizes[j] <= offset or offset + sizes[i] <= offsets[j]
+                   for j in range(i)):
+                offsets[i] = offset
+                place(i + 1, max(top, offset + sizes[i]))
+
+    place(0, 0)
+    return best[0]
+
+
+def test_search_proves_optimum_above_bound():
+    # Each pair is live together at some step, but no step has all three: the bound is 64,
+    # yet the three need disjoint bytes. Buffers with two intervals (like io) allow this.
+    triangle = [Buffer("a", 16, [(1, 2), (3, 3)]), Buffer("b", 32, [(0, 0), (3, 4)]),
+                Buffer("c", 32, [(0, 1)])]
+    assert oracle_lower_bound(triangle) == 64
+    assert oracle_optimum(triangle) == 80
+    plan = plan_best(triangle)
+    assert plan.arena_bytes == 80
+    assert plan.optimal
+
+
+def test_best_plans_match_exhaustive_oracle():
+    rng = np.random.default_rng(5)
+    for trial in range(150):
+        buffers = []
+        for index in range(int(rng.integers(2, 6))):
+            intervals = []
+            for _ in range(int(rng.integers(1, 3))):
+                first = int(rng.integers(0, 5))
+                intervals.append((first, first + int(rng.integers(0, 2))))
+            buffers.append(Buffer(f"b{index}", 16 * int(rng.integers(1, 4)), intervals))
+        plan = plan_best(buffers)
+        where = f"trial {trial}: {[(b.name, b.size_bytes, b.intervals) for b in buffers]}"
+        assert plan.optimal, where
+        assert plan.arena_bytes == oracle_optimum(buffers), where
+
+
+def test_verify_catches_an_overlap_in_a_model_plan(tiny_qmodels):
+    plan = plan_arena(tiny_qmodels[8]).arenas[0].plan
+    plan.offsets["z"] = plan.offsets["y"]    # both live at every step
+    with pytest.raises(AssertionError, match="live at the same time and overlap"):
+        plan.verify()
+
+
+FULL_SIZE = TRMConfig(vocab_size=11, seq_len=81, hidden_size=512, expansion=4.0, L_layers=2,
+                      H_cycles=3, L_cycles=6, puzzle_emb_len=16, mlp_t=True, task="sudoku")
+
+
+def traced(config):
+    """The plan's view of a model: its config and traced block graph (weights do not matter)."""
+    torch.manual_seed(0)
+    return SimpleNamespace(config=config, graph=trace_block(TRM(config).L_level.layers[0], config))
+
+
+@pytest.mark.parametrize("name", [*zoo.ZOO, "full-size sudoku-mlp"])
+def test_shipped_configs_plan_at_the_lower_bound(name):
+    config = FULL_SIZE if name.startswith("full") else zoo.config(name)
+    layout = plan_arena(traced(config))
+    assert layout.arena_bytes == layout.lower_bound_bytes, layout.timeline()
+    assert layout.arenas[0].plan.optimal

@@ -79,6 +79,12 @@ class Placement:
     stack_bytes: int
     external: str | None = None   # embedding tables and weights that do not fit in code
     tables_external: bool = False  # tables in `external` even when everything fits in code
+    # RAM regions, fastest first, that the planner may split the arena over when it does
+    # not fit `arena`; each gets its own section .arena.<region>. Empty (the default):
+    # the arena never splits.
+    arena_regions: tuple[str, ...] = ()
+    # Bytes kept free for .data and .bss in the `data` region when the arena shares it.
+    data_reserve_bytes: int = 4096
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,21 @@ class Board:
         """The region of [placement] external, or None."""
         placement = self._placement()
         return self.region(placement.external) if placement.external else None
+
+    def arena_space(self, name: str):
+        """Return the bytes region `name` offers the arena: its length less the stack, the
+        .data/.bss reserve where it contains them, and 16 bytes at address 0."""
+        from .plan import ALIGNMENT_BYTES, RegionSpace
+
+        placement = self._placement()
+        available = self.region(name).length
+        if name == placement.stack:
+            available -= placement.stack_bytes
+        if name == placement.data:
+            available -= placement.data_reserve_bytes
+        # A region at address 0 (ITCM) keeps its first bytes free: no buffer at NULL.
+        start_bytes = ALIGNMENT_BYTES if self.region(name).origin == 0 else 0
+        return RegionSpace(name, available - start_bytes, start_bytes)
 
     @property
     def ram_regions(self) -> tuple[MemoryRegion, ...]:
@@ -229,7 +250,10 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
                           arena=_require(data, "arena", str, where),
                           stack_bytes=_require(data, "stack_bytes", int, where),
                           external=_optional(data, "external", str, where),
-                          tables_external=bool(_optional(data, "tables_external", bool, where)))
+                          tables_external=bool(_optional(data, "tables_external", bool, where)),
+                          arena_regions=tuple(_optional(data, "arena_regions", list, where) or ()),
+                          data_reserve_bytes=_optional(data, "data_reserve_bytes", int, where)
+                          if "data_reserve_bytes" in data else 4096)
     roles = {region.name: region.role for region in regions}
     if placement.external is not None and placement.external not in roles:
         raise ValueError(f"{where}: external = {placement.external!r} is not a memory region; "
@@ -246,6 +270,14 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
         if roles[region_name] != role:
             raise ValueError(f"{where}: {field} = {region_name!r} has role "
                              f"{roles[region_name]!r}, expected {role!r}")
+    for region_name in placement.arena_regions:
+        if roles.get(region_name) != "ram":
+            raise ValueError(f"{where}: arena_regions entry {region_name!r} is not a RAM region; "
+                             f"RAM regions are {sorted(n for n, r in roles.items() if r == 'ram')}")
+    if len(set(placement.arena_regions)) != len(placement.arena_regions):
+        raise ValueError(f"{where}: arena_regions {list(placement.arena_regions)} repeat a region")
+    if placement.data_reserve_bytes < 0:
+        raise ValueError(f"{where}: data_reserve_bytes {placement.data_reserve_bytes} must be 0 or more")
     stack_region = next(region for region in regions if region.name == placement.stack)
     if placement.stack_bytes <= 0 or placement.stack_bytes % 8:
         raise ValueError(f"{where}: stack_bytes {placement.stack_bytes} must be a positive "
@@ -365,12 +397,18 @@ def render_linker_script(board: Board, templates_dir: Path = TEMPLATES_DIR) -> s
     .rodata.rr_external*). The data region gets .data and
     .bss, the arena region the NOLOAD .arena (16-byte aligned), and the stack fills the
     top of the stack region. ASSERTs fail the link with a message naming what does not fit.
+    load image. The data region gets .data and
+    .bss, the arena region the NOLOAD .arena (16-byte aligned), each region of
+    placement.arena_regions a NOLOAD .arena.<region> (the arena arrays of a split plan),
+    and the stack fills the top of the stack region. ASSERTs fail the link with a message naming what does not fit.
     """
     placement = board._placement()
     # (end symbol, section) of every section that shares the stack's region.
     sections = [("__data_end__", ".data", placement.data),
                 ("__bss_end__", ".bss", placement.data),
                 ("__arena_end__", ".arena", placement.arena)]
+    sections += [(f"__arena_{name}_end__", f".arena.{name}", name)
+                 for name in placement.arena_regions]
     below_stack = [{"symbol": symbol, "section": section}
                    for symbol, section, region in sections if region == placement.stack]
     context = {
@@ -383,6 +421,7 @@ def render_linker_script(board: Board, templates_dir: Path = TEMPLATES_DIR) -> s
                      "length": f"0x{region.length:08X}",
                      "size_text": _size_text(region.length)} for region in board.memory],
         "placement": placement,
+        "arena_regions": placement.arena_regions,
         "below_stack": below_stack,
     }
     text = _template_environment(templates_dir).get_template(LINKER_TEMPLATE).render(context)

@@ -99,6 +99,37 @@ def precision_label(qm: QModel) -> str:
     return "INT4 and INT8" if qm.is_mixed() else f"INT{qm.bits}"
 
 
+def plan_for_board(qm: QModel, board) -> plan.ArenaLayout:
+    """Plan the arena into the board's arena region, or split it over placement.arena_regions.
+
+    Raises BuildError (from the planner's message) when the arena fits no region or split.
+    """
+    if board.is_host:
+        return plan.plan_arena(qm)
+    placement = board.placement
+    try:
+        return plan.plan_arena(qm, board.arena_space(placement.arena),
+                               tuple(board.arena_space(name) for name in placement.arena_regions))
+    except plan.PlanError as err:
+        raise BuildError(f"board {board.name}: {err}") from None
+
+
+def arena_report(layout: plan.ArenaLayout) -> dict:
+    """Collect the arena part of report.json: totals, and bytes per arena array and region."""
+    return {"bytes": layout.arena_bytes, "lower_bound_bytes": layout.lower_bound_bytes,
+            "greedy_by_size_bytes": layout.greedy_bytes,
+            "no_reuse_bytes": layout.no_reuse_bytes, "carry_bytes": 2 * layout.carry_bytes,
+            "arrays": [{"region": a.region, "symbol": a.symbol, "section": a.section,
+                        "bytes": a.bytes, "start_bytes": a.start_bytes,
+                        "available_bytes": a.available_bytes,
+                        "lower_bound_bytes": a.plan.lower_bound_bytes, "method": a.plan.method,
+                        "optimal": a.plan.optimal,
+                        "buffers": {name: a.start_bytes + a.plan.offsets[name]
+                                    for name in sorted(a.plan.offsets)}}
+                       for a in layout.arenas],
+            "timeline": layout.timeline()}
+
+
 def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files,
                 precision: dict | None = None) -> dict:
     """Collect report.json. precision is budget.AutoPrecision.report() of a --bits auto build."""
@@ -116,9 +147,7 @@ def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files
         "layer_bits": qm.layer_bits(),
         "model_id": f"0x{qm.model_id():08x}",
         "config": json.loads(cfg.to_json()),
-        "arena": {"bytes": layout.arena_bytes, "lower_bound_bytes": layout.lower_bound_bytes,
-                  "no_reuse_bytes": layout.no_reuse_bytes, "carry_bytes": 2 * layout.carry_bytes,
-                  "block_timeline": layout.block.timeline()},
+        "arena": arena_report(layout),
         "graph": qm.graph.describe(),
         "layer_scales": {name: {value: (list(s) if isinstance(s, tuple) else s)
                                 for value, s in scales.items()}
@@ -194,9 +223,19 @@ def report_markdown(report: dict, command: str) -> str:
         lines.append(f"| {r['name']} | {r['role']} | {r['used_bytes']} | {r['length_bytes']} |")
     lines += flash_markdown(report)
     a = report["arena"]
-    lines += ["", f"Arena: {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, "
-              f"without reuse {a['no_reuse_bytes']}); the carry y and z take {a['carry_bytes']}.",
-              "", "Block body plan:", "", "```", a["block_timeline"], "```", "",
+    lines += ["", f"Arena: {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, greedy by "
+              f"size {a['greedy_by_size_bytes']}, without reuse {a['no_reuse_bytes']}); the "
+              f"carry y and z take {a['carry_bytes']}.", "",
+              "| arena array | region | bytes | lower bound | available bytes | placed by |",
+              "|---|---|---|---|---|---|"]
+    for arr in a["arrays"]:
+        kept_free = f" (first {arr['start_bytes']} kept free)" if arr["start_bytes"] else ""
+        lines.append(f"| {arr['symbol']} ({arr['section']}) | {arr['region'] or 'host'} | "
+                     f"{arr['bytes']}{kept_free} | {arr['lower_bound_bytes']} | "
+                     f"{arr['available_bytes'] if arr['available_bytes'] is not None else '-'} | "
+                     f"{arr['method']} |")
+    lines += ["", "Arena plan of one supervision step (block body, then heads):", "", "```",
+              a["timeline"], "```", "",
               f"Weights: {report['weight_bytes']} bytes in the blocks.", "",
               "## Block graph (traced with torch.fx, run once per layer)", "", "```",
               report["graph"], "```", "",
@@ -452,9 +491,10 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
             qm = quantize.quantize_with_stats(model, graph, stats, 8, auto.choice.layer_bits)
         else:
             qm = quantize.quantize_with_stats(model, graph, stats, bits, layer_bits)
-        layout = plan.plan_arena(qm)
-        log.info("arena %d bytes (lower bound %d, without reuse %d)", layout.arena_bytes,
-                 layout.lower_bound_bytes, layout.no_reuse_bytes)
+        layout = plan_for_board(qm, board)
+        log.info("arena %d bytes in %s (lower bound %d, greedy by size %d, without reuse %d)",
+                 layout.arena_bytes, ", ".join(a.region or "one array" for a in layout.arenas),
+                 layout.lower_bound_bytes, layout.greedy_bytes, layout.no_reuse_bytes)
 
         label = precision_label(qm)
         name = f"{model_path.stem}-{label.lower().replace(' ', '-')}"

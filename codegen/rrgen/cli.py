@@ -134,8 +134,10 @@ def cmd_build(args) -> int:
     if r.get("ram"):
         print(f"  RAM (.data + .bss + .arena + .stack) {r['ram']['bytes']} bytes")
     a = r["arena"]
-    print(f"  arena {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, "
-          f"without reuse {a['no_reuse_bytes']}), {r['macs']['total']} MACs per supervision step")
+    where = ", ".join(f"{arr['region']} {arr['bytes']}" for arr in a["arrays"] if arr["region"])
+    print(f"  arena {a['bytes']} bytes{' (' + where + ')' if where else ''}, lower bound "
+          f"{a['lower_bound_bytes']}, greedy by size {a['greedy_by_size_bytes']}, without reuse "
+          f"{a['no_reuse_bytes']}; {r['macs']['total']} MACs per supervision step")
     firmware = "firmware (host executable)" if args.board == "host" else "firmware.elf, firmware.bin"
     print(f"  {firmware}, src/, report.md, report.json")
     return 0

@@ -195,31 +195,31 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
     banner_lines += [line.replace("*/", "* /").replace("/*", "/ *") for line in provenance]
     banner = "/*\n" + "\n".join(f" * {line}" for line in banner_lines) + "\n */"
 
-    # Arena pointers inside the block region: the graph input and output are `io`.
+    # Arena pointers: every buffer is RR_BUF_<NAME>, its arena array plus its offset; the
+    # block graph's input and output are the buffer `io`.
     def buffer_of(value: str) -> str:
         return "io" if value in (graph.input, graph.output) else value
 
     def v(value: str) -> str:
-        return f"block + RR_OFFSET_{c_name(buffer_of(value)).upper()}"
+        return f"RR_BUF_{c_name(buffer_of(value)).upper()}"
 
-    offsets = [("RR_BLOCK_BASE", layout.block_base)]
-    offsets += [(f"RR_OFFSET_{c_name(b.name).upper()}", layout.block.offsets[b.name])
-                for b in layout.block.buffers]
-    offsets += [(f"RR_OFFSET_{b.name.upper()}", layout.heads.offsets[b.name])
-                for b in layout.heads.buffers]
-
+    buffers = [{"macro": c_name(b.name).upper(), "symbol": layout.arena_of(b.name).symbol,
+                "offset": layout.offset(b.name), "bytes": b.size_bytes,
+                "arena": layout.arena_of(b.name).region or "arena"}
+               for b in layout.buffers]
     steps, fields = [], []
     for node in graph.nodes:
         ins = ", ".join(f"{n}{list(graph.values[n].shape)}" for n in node.inputs)
         out = graph.values[node.output]
-        offset = layout.block.offsets[buffer_of(node.output)]
+        where = layout.arena_of(buffer_of(node.output))
+        offset = f"{where.symbol} + {layout.offset(buffer_of(node.output))}"
         per_layer = []
         for index in range(len(qm.blocks)):
             scale = qm.scales[f"layer{index}"][node.output]
             text = "/".join(f"{v:.4g}" for v in scale) if isinstance(scale, tuple) else f"{scale:.4g}"
             per_layer.append(f"L{index} {text}")
         comment = (f"{node.op} {node.name} ({node.source}): {ins} -> {out.name}{list(out.shape)} "
-                   f"int8, block offset {offset}, output scale {', '.join(per_layer)}")
+                   f"int8 at {offset}, output scale {', '.join(per_layer)}")
         steps.append({"comment": comment,
                       "call": EMITTERS[node.op](node, graph, v, bits_of_node.get(node.name))})
         if node.op in FIELD_TYPES:
@@ -293,7 +293,7 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
         "exp_hi": EXP_HI, "exp_lo": EXP_LO, "exp_max": EXP_MAX,
         "exp_hi_body": format_ints(EXP_HI, 16), "exp_lo_body": format_ints(EXP_LO, 16),
         "banner": banner, "name": name, "cfg": cfg, "bits": qm.bits, "layout": layout,
-        "offsets": offsets, "block_fields": fields, "block_steps": steps,
+        "buffers": buffers, "arenas": layout.arenas, "block_fields": fields, "block_steps": steps,
         "arrays": table.arrays, "layers": layers, "model_id": qm.model_id(),
         "blob_arrays": table.blob.arrays, "blob_file": blob.FILE_NAME,
         "blob_bytes": len(weights_bin), "section": blob.SECTION,
