@@ -14,6 +14,7 @@ Needs gcc and arm-none-eabi-gcc (Debian gcc-arm-none-eabi, libnewlib-arm-none-ea
 Run: cd codegen && python -m pytest ../tests/test_weight_blob.py
 """
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -148,8 +149,19 @@ def test_blob_stores_int16_little_endian():
 def stm32h7_build(tiny_checkpoint, tmp_path_factory):
     if shutil.which("arm-none-eabi-gcc") is None:
         pytest.fail("arm-none-eabi-gcc not found on PATH; install gcc-arm-none-eabi")
-    return build(tiny_checkpoint, "stm32h7", 4, tmp_path_factory.mktemp("blob") / "stm32h7",
-                 calibration_puzzles=4)
+    # The tiny model fits in internal flash; tables_external puts its tables in the QSPI
+    # window anyway, so that both weight sections are checked.
+    load_board = boards.load_board
+
+    def tables_external(name, *args, **kwargs):
+        board = load_board(name, *args, **kwargs)
+        placement = dataclasses.replace(board.placement, tables_external=True)
+        return dataclasses.replace(board, placement=placement)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(boards, "load_board", tables_external)
+        return build(tiny_checkpoint, "stm32h7", 4, tmp_path_factory.mktemp("blob") / "stm32h7",
+                     calibration_puzzles=4)
 
 
 def test_stm32h7_blob_symbols_are_aligned(stm32h7_build):
