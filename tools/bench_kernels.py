@@ -128,9 +128,10 @@ def build_image(cpu: Cpu, program: str, cases: list[Case], out_dir: Path) -> Pat
     (out_dir / "kernels_portable.c").write_text(render_kernels("portable"))
     (out_dir / "kernels_variant.c").write_text(render_kernels(cpu.variant))
     common = [*cpu.cflags, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
-              "-ffunction-sections", "-fdata-sections", "-ffreestanding",
+              "-ffunction-sections", "-fdata-sections",
               f"-I{out_dir}", f"-I{BENCH_DIR}", f"-I{INCLUDE_DIR}"]
-    units = [(BENCH_DIR / "startup.c", []), (BENCH_DIR / f"{program}.c", []),
+    # startup.c defines memcpy and memset: -ffreestanding keeps GCC from calling them there.
+    units = [(BENCH_DIR / "startup.c", ["-ffreestanding"]), (BENCH_DIR / f"{program}.c", []),
              (out_dir / "kernels_variant.c", []),
              (out_dir / "kernels_portable.c", [f"-D{name}=portable_{name}" for name in EXPORTED])]
     if program == "bench_main":

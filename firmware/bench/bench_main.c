@@ -1,6 +1,6 @@
 /*
  * Kernel benchmark image: for every layer of cases.h, time the naive C loop, the portable
- * kernel and the board's variant with SysTick, and check that the three outputs agree
+ * kernel and the board's variant with SysTick (in chunks of rows, see timed()), and check that the three outputs agree
  * byte for byte. Prints one line per measurement:
  *   CAL <loop iterations> <ticks>          a calibration loop of 2 * iterations + 1 instructions
  *   RUN <case> <kernel> <ticks> <same>     kernel 0 naive, 1 portable, 2 variant; same = 1
@@ -22,9 +22,9 @@ rr_status_t portable_rr_linear_s4(const rr_linear_t *p, const int8_t *in, int32_
 
 #include "cases.h"      /* static const bench_case_t cases[] */
 
-#define MAX_IN_BYTES (512 * 256)
+#define MAX_IN_BYTES (97 * 1536)
 #define MAX_WEIGHT_BYTES (1536 * 512)
-#define MAX_OUT_BYTES (512 * 256)
+#define MAX_OUT_BYTES (97 * 1536)
 #define MAX_CHANNELS 1536
 
 static int8_t in[MAX_IN_BYTES] __attribute__((section(".big"), aligned(16)));
@@ -53,25 +53,47 @@ static void calibration_loop(uint32_t iterations)
                      "bne 1b\n" :: "r"(iterations) : "r0", "cc");
 }
 
+/*
+ * Rows per timed call: an even number (the variants pair rows) whose MACs stay below
+ * CHUNK_MACS, so that even the naive loop (about 12 instructions per MAC) stays well
+ * inside one SysTick period (2^24 ticks: 671 M instructions at 25 MHz, 524 M at 32 MHz).
+ */
+#define CHUNK_MACS 25000000
+#define PERIOD_GUARD 15000000u      /* ticks; a longer chunk is reported as an error */
+
+static int chunk_too_long;
+
 static uint64_t timed(int kernel, const bench_case_t *c, const rr_linear_t *p, int8_t *dst)
 {
-    const uint64_t start = bench_ticks();
-    if (kernel == 0) {
-        (c->bits == 8 ? naive_linear_s8 : naive_linear_s4)(p, in, c->rows, dst);
-    } else if (kernel == 1) {
-        (void)(c->bits == 8 ? portable_rr_linear_s8 : portable_rr_linear_s4)(p, in, c->rows, dst);
-    } else {
-        (void)(c->bits == 8 ? rr_linear_s8 : rr_linear_s4)(p, in, c->rows, dst);
+    const int32_t per_row = c->in_features * c->out_features;
+    int32_t chunk = CHUNK_MACS / per_row;
+    chunk = chunk < 2 ? 2 : chunk & ~1;
+    uint64_t total = 0;
+    for (int32_t r = 0; r < c->rows; r += chunk) {
+        const int32_t rows = c->rows - r < chunk ? c->rows - r : chunk;
+        const int8_t *x = in + (size_t)r * (size_t)c->in_features;
+        int8_t *y = dst + (size_t)r * (size_t)c->out_features;
+        const uint32_t start = bench_ticks();
+        if (kernel == 0) {
+            (c->bits == 8 ? naive_linear_s8 : naive_linear_s4)(p, x, rows, y);
+        } else if (kernel == 1) {
+            (void)(c->bits == 8 ? portable_rr_linear_s8 : portable_rr_linear_s4)(p, x, rows, y);
+        } else {
+            (void)(c->bits == 8 ? rr_linear_s8 : rr_linear_s4)(p, x, rows, y);
+        }
+        const uint32_t ticks = bench_elapsed(start, bench_ticks());
+        chunk_too_long |= ticks > PERIOD_GUARD;
+        total += ticks;
     }
-    return bench_ticks() - start;
+    return total;
 }
 
 int main(void)
 {
     for (uint32_t iterations = 1000000u; iterations <= 4000000u; iterations *= 4u) {
-        const uint64_t start = bench_ticks();
+        const uint32_t start = bench_ticks();
         calibration_loop(iterations);
-        const uint64_t ticks = bench_ticks() - start;
+        const uint32_t ticks = bench_elapsed(start, bench_ticks());
         bench_print("CAL ");
         put_u64(iterations);
         bench_print(" ");
@@ -79,8 +101,8 @@ int main(void)
         bench_print("\n");
     }
     /* An empty measurement: the cost of two bench_ticks calls. */
-    const uint64_t start = bench_ticks();
-    const uint64_t empty = bench_ticks() - start;
+    const uint32_t start = bench_ticks();
+    const uint32_t empty = bench_elapsed(start, bench_ticks());
     bench_print("EMPTY ");
     put_u64(empty);
     bench_print("\n");
@@ -113,6 +135,10 @@ int main(void)
             put_u64(ticks);
             bench_print(same ? " 1\n" : " 0\n");
         }
+    }
+    if (chunk_too_long) {
+        bench_print("FAIL: a timed chunk came close to one SysTick period\n");
+        return 1;
     }
     bench_print("DONE\n");
     return all_same ? 0 : 1;

@@ -2,8 +2,9 @@
  * Bare-metal start-up for the kernel tests and the kernel benchmark under QEMU:
  * mps2-an500 (Cortex-M7) and mps3-an547 (Cortex-M55). No UART and no C library: output
  * and exit go through Arm semihosting (QEMU: -semihosting-config enable=on,target=native).
- * SysTick runs from the core clock and counts with 64 bits; under -icount shift=0 one
- * tick is 1e9 / BENCH_CLOCK_HZ instructions (tools/bench_kernels.py checks that).
+ * SysTick runs from the core clock as a free 24-bit down counter, without interrupts; under
+ * -icount shift=0 one tick is 1e9 / clock instructions (tools/bench_kernels.py checks
+ * that). bench_elapsed is exact for intervals shorter than one period of 2^24 ticks.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -16,14 +17,10 @@ extern uint32_t __stack_top[];
 int main(void);
 
 #define SCB_CPACR   (*(volatile uint32_t *)0xE000ED88u)
-#define SCB_ICSR    (*(volatile uint32_t *)0xE000ED04u)
 #define SYST_CSR    (*(volatile uint32_t *)0xE000E010u)
 #define SYST_RVR    (*(volatile uint32_t *)0xE000E014u)
 #define SYST_CVR    (*(volatile uint32_t *)0xE000E018u)
-#define ICSR_PENDSTSET (1u << 26)
 #define SYST_RELOAD 0x00FFFFFFu
-
-static volatile uint32_t systick_wraps;
 
 /* One semihosting call: operation in r0, argument in r1, result in r0. */
 static int32_t semihost(uint32_t operation, const void *argument)
@@ -65,23 +62,14 @@ int32_t bench_file_write(const char *path, const void *data, uint32_t size)
     return left == 0 ? 0 : -1;
 }
 
-uint64_t bench_ticks(void)
+uint32_t bench_ticks(void)
 {
-    __asm__ volatile("cpsid i" ::: "memory");
-    uint32_t wraps = systick_wraps;
-    uint32_t value = SYST_CVR;
-    if (SCB_ICSR & ICSR_PENDSTSET) {
-        /* A wrap is pending and not counted yet: read again, after it for sure. */
-        value = SYST_CVR;
-        wraps++;
-    }
-    __asm__ volatile("cpsie i" ::: "memory");
-    return (uint64_t)wraps * (SYST_RELOAD + 1u) + (SYST_RELOAD - value);
+    return SYST_CVR;
 }
 
-void SysTick_Handler(void)
+uint32_t bench_elapsed(uint32_t start, uint32_t end)
 {
-    systick_wraps++;
+    return (start - end) & SYST_RELOAD;     /* SysTick counts down */
 }
 
 static void fault(void)
@@ -103,7 +91,7 @@ void Reset_Handler(void)
     __asm__ volatile("dsb\n\tisb" ::: "memory");
     SYST_RVR = SYST_RELOAD;
     SYST_CVR = 0;
-    SYST_CSR = 7u;                              /* enable, interrupt, core clock */
+    SYST_CSR = 5u;                              /* enable, core clock, no interrupt */
     bench_exit(main());
 }
 
@@ -111,7 +99,7 @@ typedef void (*vector_t)(void);
 
 __attribute__((section(".vectors"), used)) const vector_t bench_vectors[16] = {
     (vector_t)(uintptr_t)__stack_top, Reset_Handler, fault, fault, fault, fault, fault,
-    0, 0, 0, 0, fault, fault, 0, fault, SysTick_Handler,
+    0, 0, 0, 0, fault, fault, 0, fault, fault,
 };
 
 /* GCC may call these for struct copies and loops; there is no C library. */
