@@ -12,6 +12,7 @@ Also: the board key `kernels` and its plumbing into the template.
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from rrgen import boards, emit
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "tools" / "bench_kernels.py")
 bench_kernels = importlib.util.module_from_spec(_spec)
+sys.modules["bench_kernels"] = bench_kernels      # dataclasses look their module up there
 _spec.loader.exec_module(bench_kernels)
 Case = bench_kernels.Case
 
