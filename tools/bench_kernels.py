@@ -1,9 +1,9 @@
 """Guest instructions per MAC of the INT8 and INT4 linear kernels under QEMU.
 
-For the Cortex-M7 (QEMU mps2-an500, the "dsp" kernels) and the Cortex-M55 (QEMU
-mps3-an547, the "mve" kernels), builds one bare-metal image (firmware/bench/) with the
-naive C loop (firmware/bench/naive.c), the portable kernels and the board's variant, all
-rendered from templates/kernels.c.j2, and runs it once under
+The tool builds one bare-metal image (firmware/bench/) for the Cortex-M7 (QEMU
+mps2-an500, the "dsp" kernels) and one for the Cortex-M55 (QEMU mps3-an547, the "mve"
+kernels). Each holds the naive C loop (firmware/bench/naive.c), the portable kernels and
+the board's variant, all rendered from templates/kernels.c.j2, and runs once under
 `qemu-system-arm -icount shift=0`. There every guest instruction advances the virtual
 clock by 1 ns, and SysTick counts that clock at the core clock (25 MHz on mps2-an500,
 32 MHz on mps3-an547), so instructions = ticks x 1e9 / clock. A loop of known length
@@ -186,7 +186,7 @@ def xorshift32(state: int, count: int) -> tuple[np.ndarray, int]:
 
 
 def case_data(case: Case, seed: int) -> tuple[np.ndarray, QLinear]:
-    """The input [rows, in] and the layer that bench_fill draws for case and seed."""
+    """Draw the input [rows, in] and the layer as bench_fill does for case and seed."""
     state = seed
     draw, state = xorshift32(state, case.rows * case.in_features)
     x = (draw >> 24).astype(np.uint8).view(np.int8).reshape(case.rows, case.in_features)
@@ -213,12 +213,12 @@ def case_data(case: Case, seed: int) -> tuple[np.ndarray, QLinear]:
 
 
 def reference_outputs(case: Case, seed: int) -> np.ndarray:
-    """rrgen.reference.linear on the case's data: int8 [rows, out]."""
+    """Compute rrgen.reference.linear on the case's data: int8 [rows, out]."""
     x, layer = case_data(case, seed)
     return reference.linear(x[None].astype(np.int64), layer)[0].astype(np.int8)
 
 
-def test_seed(index: int) -> int:
+def kernel_test_seed(index: int) -> int:
     return 0x9E3779B9 ^ index
 
 
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", nargs="+", type=int, default=[8, 4], choices=[4, 8])
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
+
     results = []
     with tempfile.TemporaryDirectory(prefix="rrgen-bench-kernels-") as folder:
         for name in args.cpu:
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             except GuestError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 1
+
     for result in results:
         for cal in result["calibration"]:
             print(f"{result['cpu']}: calibration loop of {cal['expected_instructions']} "

@@ -55,8 +55,9 @@ static void calibration_loop(uint32_t iterations)
 
 /*
  * Rows per timed call: an even number (the variants pair rows) whose MACs stay below
- * CHUNK_MACS, so that even the naive loop (about 12 instructions per MAC) stays well
- * inside one SysTick period (2^24 ticks: 671 M instructions at 25 MHz, 524 M at 32 MHz).
+ * CHUNK_MACS. Even the naive loop (about 12 instructions per MAC) then stays well inside
+ * one SysTick period of 2^24 ticks, which is 671 M instructions at 25 MHz and 524 M at
+ * 32 MHz.
  */
 #define CHUNK_MACS 25000000
 #define PERIOD_GUARD 15000000u      /* ticks; a longer chunk is reported as an error */
@@ -131,7 +132,8 @@ int main(void)
             all_same &= same;
             bench_print("RUN ");
             put_u64((uint64_t)i);
-            bench_print(kernel == 0 ? " 0 " : kernel == 1 ? " 1 " : " 2 ");
+            const char kernel_field[4] = { ' ', (char)('0' + kernel), ' ', '\0' };
+            bench_print(kernel_field);
             put_u64(ticks);
             bench_print(same ? " 1\n" : " 0\n");
         }
