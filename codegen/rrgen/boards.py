@@ -2,8 +2,8 @@
 
 Part of the build stage (model -> quantize -> trace -> plan -> emit -> build -> run).
 A board file names the CPU and its compiler flags, the memory regions, the region that
-stores each of code, .data/.bss, the stack and the model arena, the UART and the cycle
-counter. The
+stores each of code, .data/.bss, the stack and the model arena, the UART, the cycle
+counter and the linear kernel variant (`kernels`: portable, dsp or mve). The
 pseudo-board `host` has none of the memory fields: it builds with the system compiler.
 
 Flash placement: the code region contains the vector table, the code, the small constants,
@@ -39,7 +39,10 @@ ROLES = ("flash", "ram")
 TOOLCHAINS = ("arm-none-eabi", "gcc")
 TOP_LEVEL_KEYS = {"name", "description", "cpu", "cflags", "toolchain", "core_clock_hz",
                   "cycle_counter", "cycle_counter_hz", "irq_count", "qemu_machine",
-                  "transport", "uart", "placement", "memory"}
+                  "transport", "uart", "placement", "memory", "kernels"}
+# Linear kernel variants of templates/kernels.c.j2: portable C, Cortex-M7 DSP (SMLAD),
+# Cortex-M55 MVE (Helium). The host always builds the portable ones.
+KERNEL_VARIANTS = ("portable", "dsp", "mve")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -106,6 +109,7 @@ class Board:
     placement: Placement | None
     memory: tuple[MemoryRegion, ...]
     path: Path
+    kernels: str = "portable"         # one of KERNEL_VARIANTS
 
     @property
     def is_host(self) -> bool:
@@ -305,6 +309,14 @@ def parse_board(data: dict, path: Path) -> Board:
     if cycle_counter_hz <= 0:
         raise ValueError(f"{where}: cycle_counter_hz must be positive, got {cycle_counter_hz}")
 
+    kernels = data.get("kernels", "portable")
+    if kernels not in KERNEL_VARIANTS:
+        raise ValueError(f"{where}: kernels = {kernels!r} is not a kernel variant; use one of "
+                         f"{', '.join(KERNEL_VARIANTS)} (portable works on every CPU)")
+    if toolchain == "gcc" and kernels != "portable":
+        raise ValueError(f"{where}: kernels = {kernels!r} needs an Arm CPU; the host builds "
+                         f"the portable kernels, so remove the key or set it to \"portable\"")
+
     uart = placement = None
     regions: list[MemoryRegion] = []
     if toolchain == "arm-none-eabi":
@@ -339,7 +351,8 @@ def parse_board(data: dict, path: Path) -> Board:
                  uart=uart,
                  placement=placement,
                  memory=tuple(regions),
-                 path=Path(path))
+                 path=Path(path),
+                 kernels=kernels)
 
 
 def with_external_bytes(board: Board, n_bytes: int) -> Board:

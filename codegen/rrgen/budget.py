@@ -74,7 +74,8 @@ def measure_other_flash(board, qm4: quantize.QModel, folder: Path) -> int:
     layout = plan.plan_arena(qm4)
     files = emit.render(qm4, layout, "flash-probe",
                         ["flash probe of build --bits auto: all block linears INT4, each "
-                         "dispatched at run time"], runtime_dispatch=True)
+                         "dispatched at run time"], runtime_dispatch=True,
+                        kernel_variant="portable" if board.is_host else board.kernels)
     linked = link_firmware(board, qm4, files, folder)
     return flash_used(board, linked) - weight_bytes(qm4)
 

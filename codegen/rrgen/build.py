@@ -502,7 +502,8 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
                       f"checkpoint {model_path.name} sha256 {sha256_file(model_path)}",
                       f"weights {label} per channel{' (--bits auto)' if auto else ''}, "
                       f"{calibration_puzzles} calibration puzzles, model id 0x{qm.model_id():08x}"]
-        files = emit.render(qm, layout, name[:32], provenance)
+        files = emit.render(qm, layout, name[:32], provenance,
+                            kernel_variant="portable" if board.is_host else board.kernels)
         linked = link_firmware(board, qm, files, staging)
         check_flash_budget(board, qm, linked, flash_budget)
 

@@ -18,6 +18,7 @@ import jinja2
 import numpy as np
 
 from . import __version__, blob
+from .boards import KERNEL_VARIANTS
 from .calibrate import net_layers
 from .fixedpoint import EXP_HI, EXP_LO, EXP_MAX
 from .plan import ArenaLayout, scratch_name
@@ -179,12 +180,19 @@ def node_bits(qm: QModel, runtime_dispatch: bool = False) -> dict[str, int | Non
 
 
 def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
-           runtime_dispatch: bool = False) -> dict[str, str | bytes]:
+           runtime_dispatch: bool = False,
+           kernel_variant: str = "portable") -> dict[str, str | bytes]:
     """Render every generated file; returns {file name: text}, and bytes for weights.bin.
+
+    kernel_variant picks the linear kernels of kernels.c (boards.KERNEL_VARIANTS: the
+    board file's `kernels`); the host build passes "portable".
 
     A linear whose weight bits differ between blocks calls linear_by_bits() with the bits
     stored in the block's parameters; runtime_dispatch (see node_bits) forces that for all.
     """
+    if kernel_variant not in KERNEL_VARIANTS:
+        raise ValueError(f"kernel variant {kernel_variant!r} is unknown; use one of "
+                         f"{', '.join(KERNEL_VARIANTS)}")
     cfg, graph = qm.config, qm.graph
     bits_of_node = node_bits(qm, runtime_dispatch)
     dispatched = {name for name, bits in bits_of_node.items() if bits is None}
@@ -303,6 +311,9 @@ def render(qm: QModel, layout: ArenaLayout, name: str, provenance: list[str],
         "linear_kinds": kinds, "linear_by_bits": bool(dispatched),
         "max_features": max([n.attrs["out_features"] for n in graph.nodes if n.op == "linear"]
                             + [cfg.vocab_size, 2]),
+        "kernel_variant": kernel_variant,
+        "max_in_features": max([n.attrs["in_features"] for n in graph.nodes if n.op == "linear"]
+                               + [2]),
     }
     files: dict[str, str | bytes] = {out: env.get_template(tpl).render(**context)
                                      for out, tpl in TEMPLATES.items()}

@@ -3,7 +3,10 @@
  *
  * Pipeline stage: emit -> build. Targets: Cortex-M7 (stm32h7, mps2-an500) and the host.
  * The implementations are emitted from templates/kernels.c.j2; the numpy twins that
- * define their bits are in codegen/rrgen/reference.py. Matrices are row-major. No kernel
+ * define their bits are in codegen/rrgen/reference.py. rr_linear_s8 and rr_linear_s4
+ * come in the variant that the board file's `kernels` key names: portable C, "dsp"
+ * (Cortex-M7, templates/kernels_dsp.inc.j2) or "mve" (Cortex-M55,
+ * templates/kernels_mve.inc.j2). All variants give the same bits. Matrices are row-major. No kernel
  * works in place: outputs must not alias inputs. Every kernel returns RR_OK, or
  * RR_ERR_ARGUMENT for a NULL pointer or a non-positive size, and then writes nothing.
  */
