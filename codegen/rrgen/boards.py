@@ -2,13 +2,14 @@
 
 Part of the build stage (model -> quantize -> trace -> plan -> emit -> build -> run).
 A board file names the CPU and its compiler flags, the memory regions, the region that
-stores each of code, .data/.bss, the stack and the model arena, the UART and the cycle
-counter. The
+stores each of code, .data/.bss, the stack and the model arena (and the vector table, when
+the core boots from another region than the code's), the UART and the cycle counter. The
 pseudo-board `host` has none of the memory fields: it builds with the system compiler.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tomllib
@@ -67,6 +68,7 @@ class Placement:
     stack: str         # the stack, at the top of this region
     arena: str         # .arena, the model's activation buffers
     stack_bytes: int
+    vectors: str       # the vector table; the code region unless the core boots elsewhere
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,16 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
                           data=_require(data, "data", str, where),
                           stack=_require(data, "stack", str, where),
                           arena=_require(data, "arena", str, where),
-                          stack_bytes=_require(data, "stack_bytes", int, where))
+                          stack_bytes=_require(data, "stack_bytes", int, where),
+                          vectors=(_optional(data, "vectors", str, where)
+                                   or _require(data, "code", str, where)))
+    known_keys = {placement_field.name for placement_field in dataclasses.fields(Placement)}
+    unknown = sorted(set(data) - known_keys)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known_keys)}")
     roles = {region.name: region.role for region in regions}
-    expected_roles = {"code": "flash", "data": "ram", "stack": "ram", "arena": "ram"}
+    expected_roles = {"code": "flash", "vectors": "flash", "data": "ram", "stack": "ram",
+                      "arena": "ram"}
     for field, role in expected_roles.items():
         region_name = getattr(placement, field)
         if region_name not in roles:
