@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("build", help="quantize, emit C and build firmware for a board")
-    p.add_argument("--board", required=True, help="board name: stm32h7, mps2-an500 or host")
+    p.add_argument("--board", required=True, help="board name: stm32h7, mps2-an500, corstone300 or host")
     p.add_argument("--bits", default="8",
                    help="block weight bits: 4, 8, or auto (INT4 or INT8 per layer, the "
                    "highest fidelity that fits --flash-budget); default 8")
