@@ -5,6 +5,7 @@ Usage (from the repository root; run the rrgen you want to measure, e.g. with PY
     python tools/bench_fullsize.py [--board corstone300] [--bits 8] [--steps 1]
                                    [--puzzles examples/sudoku_test10.txt] [--count 1]
                                    [--calibration 8] [--build DIR] [--keep DIR]
+                                   [--timeout 3600]
 
 The script saves the seeded full-size checkpoint of tools/bench_build.py (hidden 512,
 expansion 4, 2 layers, MLP token mixing, 16 prefix positions, H_cycles 3, L_cycles 6:
@@ -66,7 +67,7 @@ def build_full_size(folder: Path, board: str, bits: str, calibration: int) -> Pa
     return out
 
 
-def run_checked(build_dir: Path, puzzles: Path, count: int, steps: int) -> int:
+def run_checked(build_dir: Path, puzzles: Path, count: int, steps: int, timeout: float) -> int:
     """Solve and check count puzzles in QEMU with -icount shift=0; return the exit status."""
     info = load_build(build_dir)
     qm = load_reference(info)
@@ -80,7 +81,7 @@ def run_checked(build_dir: Path, puzzles: Path, count: int, steps: int) -> int:
           f"L_cycles {qm.config.L_cycles}; load average {os.getloadavg()[0]:.2f}")
 
     failed = False
-    with run.open_device(build_dir, None, icount=True) as client:
+    with run.open_device(build_dir, None, icount=True, timeout=timeout) as client:
         cycles_hz = client.info().cycles_hz
         for index in range(len(tokens)):
             start = time.monotonic()
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--puzzles", type=Path, default=REPO_ROOT / "examples" / "sudoku_test10.txt",
                         help="puzzle file (default examples/sudoku_test10.txt)")
     parser.add_argument("--count", type=int, default=1, help="puzzles to solve (default 1)")
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds to wait for each puzzle's answer (default 3600)")
     parser.add_argument("--build", type=Path,
                         help="run this existing build folder instead of building")
     parser.add_argument("--keep", type=Path,
@@ -128,12 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps {args.steps} and --count {args.count} must be at least 1")
 
     if args.build is not None:
-        return run_checked(args.build, args.puzzles, args.count, args.steps)
+        return run_checked(args.build, args.puzzles, args.count, args.steps, args.timeout)
     with tempfile.TemporaryDirectory(prefix="rrgen-fullsize-") as temp:
         folder = args.keep or Path(temp)
         folder.mkdir(parents=True, exist_ok=True)
         build_dir = build_full_size(folder, args.board, args.bits, args.calibration)
-        return run_checked(build_dir, args.puzzles, args.count, args.steps)
+        return run_checked(build_dir, args.puzzles, args.count, args.steps, args.timeout)
 
 
 if __name__ == "__main__":
