@@ -4,10 +4,9 @@ The fake model fixture checks the board code: start-up from the vector table in 
 the UART on a loopback socket and the 32 MHz SysTick. The tiny seeded model, built with
 INT8 weights, must equal the integer reference byte for byte after every
 supervision step (tokens, halt logit, carry y and z). The Sudoku-MLP configuration at
-one H cycle of one L cycle is built at full width (hidden 512, over 5 MB of INT8
-weights in the QSPI flash), which must link and boot, and at hidden 128, whose first
-step must equal the reference. tools/bench_fullsize.py runs the full-size model at full
-depth.
+one H cycle of one L cycle is built twice. At full width (hidden 512, over 5 MB of INT8
+weights in the QSPI flash) it must link and boot. At hidden 128 its first step must
+equal the reference. tools/bench_fullsize.py runs the full-size model at full depth.
 
 Run: python -m pytest tests/test_corstone300_qemu.py   (under a minute)
 """
@@ -124,7 +123,7 @@ def test_full_size_build_fits_and_boots(tmp_path):
 
 
 def test_quarter_width_step_matches_reference(tmp_path):
-    # Hidden 128, about a sixteenth of the full-size MACs, so one step takes seconds.
+    # Hidden 128 keeps one step to seconds in QEMU.
     save_sudoku_mlp(tmp_path / "quarter-width.safetensors", 128)
     result = build(tmp_path / "quarter-width.safetensors", BOARD, 8, tmp_path / "int8",
                    calibration_puzzles=2)

@@ -23,7 +23,7 @@ ticks * 1e9 / cycles_hz. The exit status is 1 when any byte differs from the ref
 
 NOTE: the device counts SysTick ticks in 32 bits, which wrap every 2^32 ticks (134 s of
 emulated time, about 134 G instructions, at 32 MHz). The script reports the count modulo
-2^32 and says so when the run was long enough to wrap.
+2^32 and prints a warning when the run was long enough to wrap.
 
 This is a benchmark, not a test: one full-depth step of the full-size model (12.8 G
 MACs) takes minutes of wall time in QEMU.
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="puzzle file (default examples/sudoku_test10.txt)")
     parser.add_argument("--count", type=int, default=1, help="puzzles to solve (default 1)")
     parser.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds to wait for each puzzle's answer (default 3600)")
+                        help="seconds to wait for each puzzle's SOLVE reply (default 3600)")
     parser.add_argument("--build", type=Path,
                         help="run this existing build folder instead of building")
     parser.add_argument("--keep", type=Path,

@@ -479,8 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--icount", action="store_true",
                    help="QEMU -icount shift=0: deterministic virtual time (1 ns per instruction)")
     p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds to wait in QEMU for each puzzle's answer, all steps "
-                   "included (default 600)")
+                   help="seconds to wait in QEMU for each puzzle's SOLVE reply, which comes "
+                   "after all its steps (default 600)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="accuracy in fp32 and of the integer model on held-out puzzles")
