@@ -17,12 +17,12 @@ KIB = 1024
 
 
 def test_known_boards_lists_shipped_files():
-    assert boards.known_boards() == ["host", "mps2-an500", "stm32h7"]
+    assert boards.known_boards() == ["corstone300", "host", "mps2-an500", "stm32h7"]
 
 
 def test_unknown_board_names_board_and_known_ones():
-    with pytest.raises(ValueError, match=r"unknown board 'nucleo'; known boards: host, "
-                                         r"mps2-an500, stm32h7"):
+    with pytest.raises(ValueError, match=r"unknown board 'nucleo'; known boards: "
+                                         r"corstone300, host, mps2-an500, stm32h7"):
         load_board("nucleo")
 
 
@@ -56,6 +56,61 @@ def test_mps2_an500_memory_map():
     assert board.uart.base == 0x40004000
     assert board.qemu_machine == "mps2-an500"
     assert board.cycle_counter_hz == 25_000_000
+
+
+def test_corstone300_memory_map():
+    board = load_board("corstone300")
+    regions = {region.name: (region.origin, region.length, region.role)
+               for region in board.memory}
+    # Secure aliases (address + 0x10000000) of QEMU's mps3-an547 map.
+    assert regions == {
+        "itcm": (0x10000000, 512 * KIB, "flash"),
+        "sram": (0x11000000, 2 * MIB, "ram"),
+        "dtcm": (0x30000000, 512 * KIB, "ram"),
+        "isram": (0x31000000, 4 * MIB, "ram"),
+        "qspi": (0x38000000, 8 * MIB, "flash"),
+        "ddr": (0x70000000, 256 * MIB, "ram"),
+    }
+    assert board.flash_bytes == 8 * MIB
+    assert board.placement.vectors == "itcm"
+    assert board.placement.code == "qspi"
+    assert board.placement.arena == "isram"
+    assert board.uart.base == 0x59303000
+    assert board.qemu_machine == "mps3-an547"
+    assert board.cycle_counter_hz == 32_000_000
+    assert board.irq_count == 96
+    assert board.cflags == ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard")
+
+
+def test_vectors_default_to_code_region():
+    assert load_board("stm32h7").placement.vectors == "flash"
+    assert load_board("mps2-an500").placement.vectors == "ssram1"
+
+
+def _corstone300_data():
+    with open(boards.BOARDS_DIR / "corstone300.toml", "rb") as file:
+        return tomllib.load(file)
+
+
+def test_vectors_in_ram_region_rejected(tmp_path):
+    data = _corstone300_data()
+    data["placement"]["vectors"] = "dtcm"
+    with pytest.raises(ValueError, match="vectors = 'dtcm' has role 'ram', expected 'flash'"):
+        boards.parse_board(data, tmp_path / "x.toml")
+
+
+def test_vectors_unknown_region_rejected(tmp_path):
+    data = _corstone300_data()
+    data["placement"]["vectors"] = "rom"
+    with pytest.raises(ValueError, match="vectors = 'rom' is not a memory region"):
+        boards.parse_board(data, tmp_path / "x.toml")
+
+
+def test_unknown_placement_key_rejected(tmp_path):
+    data = _corstone300_data()
+    data["placement"]["heap"] = "ddr"
+    with pytest.raises(ValueError, match=r"\[placement\]: unknown keys \['heap'\]"):
+        boards.parse_board(data, tmp_path / "x.toml")
 
 
 def test_arm_boards_share_cflags():
@@ -131,3 +186,13 @@ def test_linker_script_places_sections():
     assert ".stack ORIGIN(dtcm) + LENGTH(dtcm) - STACK_BYTES (NOLOAD)" in script
     assert "ASSERT(__bss_end__ <= __stack_limit__" in script
     assert "ASSERT(__arena_end__ <= __stack_limit__" not in script  # arena is elsewhere
+
+
+def test_linker_script_splits_vectors_from_code():
+    script = render_linker_script(load_board("corstone300"))
+    assert "itcm (rx) : ORIGIN = 0x10000000, LENGTH = 0x00080000" in script
+    assert "qspi (rx) : ORIGIN = 0x38000000, LENGTH = 0x00800000" in script
+    assert "KEEP(*(.isr_vector))\n    } > itcm" in script
+    assert "ASSERT(ADDR(.isr_vector) == ORIGIN(itcm)" in script
+    assert "} > dtcm AT > qspi" in script
+    assert "__code_end__ <= ORIGIN(qspi) + LENGTH(qspi)" in script

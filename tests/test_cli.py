@@ -173,6 +173,7 @@ def test_build_rejects_a_file_as_output(tmp_path, tiny_checkpoint):
     (["run", "--board", "nucleo", "p.txt"], "nucleo"),
     (["run", "--board", "host", "--limit", "-1", "p.txt"], "--limit -1"),
     (["run", "--board", "host", "--max-steps", "300", "p.txt"], "--max-steps 300"),
+    (["run", "--board", "corstone300", "--timeout", "0", "p.txt"], "--timeout 0"),
 ])
 def test_invalid_counts_and_names_are_rejected(tmp_path, args, fragment):
     (tmp_path / "p.txt").write_text("." * 81 + "\n")

@@ -2,8 +2,9 @@
 
 Part of the build stage (model -> quantize -> trace -> plan -> emit -> build -> run).
 A board file names the CPU and its compiler flags, the memory regions, the region that
-stores each of code, .data/.bss, the stack and the model arena, the UART, the cycle
-counter and the linear kernel variant (`kernels`: portable, dsp or mve). The
+stores each of code, .data/.bss, the stack and the model arena (and the vector table, when
+the core boots from another region than the code's), the UART, the cycle counter and the
+linear kernel variant (`kernels`: portable, dsp or mve). The
 pseudo-board `host` has none of the memory fields: it builds with the system compiler.
 
 Flash placement: the code region contains the vector table, the code, the small constants,
@@ -80,6 +81,7 @@ class Placement:
     stack: str         # the stack, at the top of this region
     arena: str         # .arena, the model's activation buffers
     stack_bytes: int
+    vectors: str       # the vector table; the code region unless the core boots elsewhere
     external: str | None = None   # embedding tables and weights that do not fit in code
     tables_external: bool = False  # tables in `external` even when everything fits in code
     # RAM regions, fastest first, that the planner may split the arena over when it does
@@ -253,11 +255,17 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
                           stack=_require(data, "stack", str, where),
                           arena=_require(data, "arena", str, where),
                           stack_bytes=_require(data, "stack_bytes", int, where),
+                          vectors=(_optional(data, "vectors", str, where)
+                                   or _require(data, "code", str, where)),
                           external=_optional(data, "external", str, where),
                           tables_external=bool(_optional(data, "tables_external", bool, where)),
                           arena_regions=tuple(_optional(data, "arena_regions", list, where) or ()),
                           data_reserve_bytes=_optional(data, "data_reserve_bytes", int, where)
                           if "data_reserve_bytes" in data else 4096)
+    known_keys = {placement_field.name for placement_field in dataclasses.fields(Placement)}
+    unknown = sorted(set(data) - known_keys)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known_keys)}")
     roles = {region.name: region.role for region in regions}
     if placement.external is not None and placement.external not in roles:
         raise ValueError(f"{where}: external = {placement.external!r} is not a memory region; "
@@ -265,7 +273,8 @@ def _parse_placement(data: dict, regions: list[MemoryRegion], where: str) -> Pla
     if placement.external in (placement.code, placement.data, placement.stack, placement.arena):
         raise ValueError(f"{where}: external = {placement.external!r} must be a region of its "
                          "own, not the code, data, stack or arena region")
-    expected_roles = {"code": "flash", "data": "ram", "stack": "ram", "arena": "ram"}
+    expected_roles = {"code": "flash", "vectors": "flash", "data": "ram", "stack": "ram",
+                      "arena": "ram"}
     for field, role in expected_roles.items():
         region_name = getattr(placement, field)
         if region_name not in roles:

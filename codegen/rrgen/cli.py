@@ -169,6 +169,8 @@ def cmd_run(args) -> int:
 
     if args.limit < 0:
         raise UserError(f"--limit {args.limit} is invalid; use 0 (all puzzles) or more")
+    if not args.timeout > 0:
+        raise UserError(f"--timeout {args.timeout} is invalid; use a positive number of seconds")
     if not 0 <= args.max_steps <= 255:
         raise UserError(f"--max-steps {args.max_steps} is invalid; use 0 (the model's "
                         "halt_max_steps) to 255")
@@ -207,7 +209,7 @@ def cmd_run(args) -> int:
         qm = load_reference(info)
     ids = np.full(len(tokens), args.puzzle_id, dtype=np.int64)
     with open_device(None if args.port else build_dir, args.port, icount=args.icount,
-                     board=args.board) as client:
+                     board=args.board, timeout=args.timeout) as client:
         summary = run_puzzles(client, tokens, qm, max_steps=args.max_steps, halt=args.halt,
                               task=task, puzzle_ids=ids)
     if summary.cells:
@@ -481,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("build", help="quantize, emit C and build firmware for a board")
-    p.add_argument("--board", required=True, help="board name: stm32h7, mps2-an500 or host")
+    p.add_argument("--board", required=True, help="board name: stm32h7, mps2-an500, corstone300 or host")
     p.add_argument("--bits", default="8",
                    help="block weight bits: 4, 8, or auto (INT4 or INT8 per layer, the "
                    "highest fidelity that fits --flash-budget); default 8")
@@ -531,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="run only the first N puzzles")
     p.add_argument("--icount", action="store_true",
                    help="QEMU -icount shift=0: deterministic virtual time (1 ns per instruction)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait in QEMU for each puzzle's SOLVE reply, which comes "
+                   "after all its steps (default 600)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="accuracy in fp32 and of the integer model on held-out puzzles")

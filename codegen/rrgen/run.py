@@ -73,8 +73,11 @@ def compare(name: str, puzzle: int, step: int, actual: np.ndarray,
 
 @contextlib.contextmanager
 def open_device(build_dir: Path | None, port: str | None, icount: bool = False,
-                board: str | None = None):
-    """Yield a connected Client for a real port, the host build or QEMU."""
+                board: str | None = None, timeout: float = 600.0):
+    """Yield a connected Client for a real port, the host build or QEMU.
+
+    timeout: seconds to wait for each reply in QEMU (a SOLVE reply comes after all steps).
+    """
     if port is not None:
         import serial
 
@@ -102,7 +105,7 @@ def open_device(build_dir: Path | None, port: str | None, icount: bool = False,
         raise BuildError(f"board {info['board']!r} has no QEMU machine; flash it and use "
                          "--port DEVICE, or build for --board mps2-an500")
     with run_qemu(firmware, info["qemu_machine"], icount_shift=0 if icount else None) as session:
-        client = Client(session.port, timeout=600.0)
+        client = Client(session.port, timeout=timeout)
         client.wait_ready(timeout=30.0)
         yield client
 

@@ -2,8 +2,8 @@
  * rr_board.h: what the firmware needs from a board: start-up, a byte-wide UART and a
  * cycle counter. Each board implements it in firmware/boards/<board>/ (board.c, uart.c).
  *
- * Pipeline stage: run. Targets: stm32h7, mps2-an500. The host build (firmware/host) does
- * not use this header: it talks over stdin/stdout instead.
+ * Pipeline stage: run. Targets: stm32h7, mps2-an500, corstone300. The host build
+ * (firmware/host) does not use this header: it talks over stdin/stdout instead.
  */
 #ifndef RR_BOARD_H
 #define RR_BOARD_H
@@ -41,7 +41,7 @@ int board_uart_getc(void);
 /*
  * Read the free-running cycle counter. The unit is one tick of a clock at
  * board_cycles_hz(): core clock cycles on stm32h7 (DWT CYCCNT), SysTick ticks at the
- * core clock on mps2-an500. The count wraps modulo 2^32, so subtract two readings as
+ * core clock on mps2-an500 and corstone300. The count wraps modulo 2^32, so subtract two readings as
  * uint32_t to get an interval shorter than 2^32 ticks.
  */
 uint32_t board_cycles(void);
