@@ -34,6 +34,11 @@ needs_arm = pytest.mark.skipif(
 SHAPES = [  # rows, in_features, out_features
     (1, 1, 1), (2, 2, 2), (3, 5, 3), (2, 8, 2), (5, 97, 7), (4, 33, 17), (3, 64, 16),
     (7, 100, 33), (2, 256, 5), (1, 31, 4), (6, 47, 18), (9, 130, 31), (4, 200, 19),
+    # The M55 4 x 2 tiles (in_features <= 256): 97 inputs as in the token mixing, every
+    # row count modulo 4, odd channel counts and a block of 16 plus one; head blocks of
+    # 16 and 1 element (INT8) or byte (INT4); and 257 inputs, past the tiles' limit.
+    (4, 97, 16), (1, 97, 3), (2, 97, 17), (3, 97, 1), (8, 16, 6), (5, 17, 9), (4, 32, 4),
+    (3, 33, 2), (6, 255, 7), (2, 257, 3),
 ]
 CASES = [Case(r, k, n, bits) for bits in (8, 4) for r, k, n in SHAPES] + [
     Case(3, 40, 9, 8, has_bias=0), Case(3, 40, 9, 4, has_bias=0),
