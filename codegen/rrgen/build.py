@@ -396,7 +396,8 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
             report["calibration"] = {"puzzles_asked": calibration_puzzles,
                                      "puzzles": stats.puzzles, "steps": stats.steps,
                                      "mac_budget": calibration_macs}
-            (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+            report_text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+            (staging / "report.json").write_text(report_text)
             (staging / "report.md").write_text(report_markdown(report, command))
             (staging / "build.json").write_text(json.dumps({
                 "model": str(model_path.resolve()), "bits": bits, "layer_bits": qm.layer_bits(),

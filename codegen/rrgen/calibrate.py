@@ -29,7 +29,8 @@ from .config import TRMConfig
 from .ir import BlockGraph
 from .model import TRM, attention, rms_norm, rope_tables
 
-# About 8 s of float32 matrix products on one core of the 2-core build machine.
+# About 8 s of float32 matrix products at 30 G MAC/s, the rate that one x86-64 core
+# reached on the full-size Sudoku-MLP (docs/benchmarks.md).
 CALIBRATION_MAC_BUDGET = 256e9
 ROW_CHUNK = 1024
 
