@@ -33,6 +33,10 @@ from .model import TRM, attention, rms_norm, rope_tables
 # reached on the full-size Sudoku-MLP (docs/benchmarks.md).
 CALIBRATION_MAC_BUDGET = 256e9
 ROW_CHUNK = 1024
+# One thread: PyTorch's OpenMP threads spin while they wait, so on a machine whose cores
+# are busy with other jobs two threads made the full-size calibration 7 to 8 times
+# slower than one (docs/benchmarks.md). On an idle machine one thread costs up to 2x.
+CALIBRATION_THREADS = 1
 
 
 @dataclass
@@ -212,6 +216,16 @@ def run_net(graph: BlockGraph, weights: list[dict], hidden: torch.Tensor,
 def collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | None = None,
             batch: int = 64, puzzle_ids: torch.Tensor | None = None) -> Stats:
     """Statistics over every net call of `steps` supervision steps (default halt_max_steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CALIBRATION_THREADS)
+    try:
+        return _collect(model, graph, tokens, steps, batch, puzzle_ids)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | None,
+             batch: int, puzzle_ids: torch.Tensor | None) -> Stats:
     cfg = model.config
     stats = Stats(puzzles=tokens.shape[0], steps=steps or cfg.halt_max_steps)
     weights = [layer_weights(model, i) for i in range(block_count(cfg))]
