@@ -3,7 +3,7 @@
 Usage (from the repository root; run the rrgen you want to measure, e.g. with PYTHONPATH):
 
     python tools/bench_host.py [--models sudoku-mlp,full-size] [--bits 8]
-                               [--puzzles 100] [--full-size-puzzles 4] [--keep DIR]
+                               [--puzzles 100] [--full-size-puzzles 2] [--keep DIR]
 
 For each model the script
 
@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="block weight bits of the host build (default 8)")
     parser.add_argument("--puzzles", type=int, default=100,
                         help="puzzles per zoo model (default 100)")
-    parser.add_argument("--full-size-puzzles", type=int, default=4,
-                        help=f"puzzles for the {FULL_SIZE} model (default 4)")
+    parser.add_argument("--full-size-puzzles", type=int, default=2,
+                        help=f"puzzles for the {FULL_SIZE} model (default 2)")
     parser.add_argument("--keep", type=Path,
                         help="folder that keeps the builds and ONNX files "
                              "(default: a temporary folder, deleted at the end)")

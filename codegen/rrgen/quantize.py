@@ -8,7 +8,8 @@ Convention: real = scale * q, zero point 0, everywhere.
   |w| are tried, and the one that minimizes the squared output error on sampled
   calibration inputs (||X w - X w_q||^2) is kept.
 - Activations: INT8 with one scale per tensor, max |value| / 127 over every recursion
-  step of the calibration puzzles. Logits and the halt logit are INT16 (max / 32767), so
+  step of the calibration puzzles. A model too big for calibrate.CALIBRATION_MAC_BUDGET
+  calibrates on fewer puzzles, then fewer steps (calibrate.plan_calibration). Logits and the halt logit are INT16 (max / 32767), so
   saturation rarely creates a tie for argmax.
 - Attention: q, k and v of the fused projection get one scale each. RoPE uses Q14 tables,
   scores are exact int32 dot products, the softmax works on integer score differences
