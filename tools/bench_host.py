@@ -23,12 +23,15 @@ For each model the script
      supervision steps in Python as the graph's metadata describes;
    PyTorch and onnxruntime first solve one puzzle untimed (warm-up);
 4. reports milliseconds per puzzle, each runtime's time against the C build, the share of
-   cells and of whole puzzles on which the answers agree, and the share of puzzles each
-   runtime solves (every cell equal to the solution).
+   puzzles each runtime solves (every cell equal to the solution), and for each pair of
+   runtimes the share of cells and of whole puzzles on which the predicted tokens agree
+   and the mean cosine similarity of the carry y after the last step (the C carry is
+   int8 times its scale).
 
 The full-size model is the seeded random checkpoint of tools/bench_build.py (hidden 512,
-5.03 M parameters). It is untrained, so its answers are noise; agreement still shows how
-closely the integer C follows fp32.
+5.03 M parameters). It is untrained, so its logits are nearly tied and its predicted
+tokens differ between any two runtimes, fp32 ones included. The carry cosine still shows
+how closely the runtimes follow each other.
 
 This is a benchmark, not a test: the numbers depend on the machine and its load, which the
 script prints. Single runs on a shared machine vary.
@@ -58,36 +61,57 @@ def onnxruntime_or_exit():
     return onnxruntime
 
 
-def time_c(batch: Path, tokens: np.ndarray, ids: np.ndarray) -> tuple[float, np.ndarray]:
-    """Run every puzzle through the bulk runner; return (seconds, final tokens [N, seq_len])."""
+def time_c(batch: Path, tokens: np.ndarray, ids: np.ndarray, qm) -> tuple[float, np.ndarray,
+                                                                         np.ndarray]:
+    """Run every puzzle through the bulk runner.
+
+    Returns seconds, the final tokens [N, seq_len] and the final carry y [N, positions *
+    hidden] in real units. The runner writes the int8 carry after every step (about
+    100 KB per step at full size), which the time includes.
+    """
     from rrgen.run import run_batch
 
+    carry = qm.config.positions * qm.config.hidden_size
     start = time.perf_counter()
-    records = run_batch(batch, tokens, halt=False, jobs=1, puzzle_ids=ids)
+    records = run_batch(batch, tokens, carry_bytes=carry, halt=False, jobs=1, puzzle_ids=ids)
     seconds = time.perf_counter() - start
     bad = [r["status"] for r in records if r["status"] != 0]
     if bad:
-        raise RuntimeError(f"the host build returned status {bad[0]}")
-    return seconds, np.stack([r["tokens"][-1] for r in records]).astype(np.int64)
+        raise RuntimeError(f"the host bulk runner returned status {bad[0]} on "
+                           f"{len(bad)} puzzles")
+    answers = np.stack([r["tokens"][-1] for r in records]).astype(np.int64)
+    y = np.stack([r["y"][-1] for r in records]).astype(np.float64) * qm.scales["carry"]
+    return seconds, answers, y
 
 
-def time_torch(model, tokens: np.ndarray, ids: np.ndarray) -> tuple[float, np.ndarray]:
+def time_torch(model, tokens: np.ndarray, ids: np.ndarray) -> tuple[float, np.ndarray,
+                                                                     np.ndarray]:
+    """Solve one puzzle at a time as TRM.solve does; return seconds, tokens and final y."""
     import torch
 
     torch.set_num_threads(1)
     tok, pid = torch.from_numpy(tokens), torch.from_numpy(ids)
+
+    def solve(i: int):
+        x = model.input_embeddings(tok[i:i + 1], pid[i:i + 1])
+        y, z = model.initial_carry(1)
+        logits = None
+        for _ in range(model.config.halt_max_steps):
+            y, z, logits, _ = model.step(y, z, x)
+        return logits.argmax(-1).numpy(), y.reshape(1, -1).numpy()
+
     with torch.inference_mode():
-        model.solve(tok[:1], pid[:1])   # warm-up
-        answers = []
+        solve(0)   # warm-up
         start = time.perf_counter()
-        for i in range(len(tokens)):
-            answers.append(model.solve(tok[i:i + 1], pid[i:i + 1]).numpy())
+        results = [solve(i) for i in range(len(tokens))]
         seconds = time.perf_counter() - start
-    return seconds, np.concatenate(answers).astype(np.int64)
+    answers = np.concatenate([r[0] for r in results]).astype(np.int64)
+    return seconds, answers, np.concatenate([r[1] for r in results]).astype(np.float64)
 
 
 def time_onnxruntime(model, path: Path, tokens: np.ndarray,
-                     ids: np.ndarray) -> tuple[float, np.ndarray]:
+                     ids: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Solve one puzzle at a time with the step graph; return seconds, tokens and final y."""
     ort = onnxruntime_or_exit()
     cfg = model.config
     options = ort.SessionOptions()
@@ -106,13 +130,20 @@ def time_onnxruntime(model, path: Path, tokens: np.ndarray,
         logits = None
         for _ in range(cfg.halt_max_steps):
             y, z, logits, _ = session.run(None, {"y": y, "z": z, **feed})
-        return logits.argmax(-1)
+        return logits.argmax(-1), y.reshape(1, -1)
 
     solve(0)   # warm-up
     start = time.perf_counter()
-    answers = [solve(i) for i in range(len(tokens))]
+    results = [solve(i) for i in range(len(tokens))]
     seconds = time.perf_counter() - start
-    return seconds, np.concatenate(answers).astype(np.int64)
+    answers = np.concatenate([r[0] for r in results]).astype(np.int64)
+    return seconds, answers, np.concatenate([r[1] for r in results]).astype(np.float64)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over puzzles of the cosine similarity of two carries [N, values]."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean((a * b).sum(axis=1) / norms))
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> str:
@@ -153,20 +184,20 @@ def bench_model(name: str, count: int, bits: int, folder: Path) -> None:
           f"{os.getloadavg()[0]:.2f}", flush=True)
 
     results = {}
-    results["C"] = time_c(built.out_dir / "batch", tokens, ids)
+    results["C"] = time_c(built.out_dir / "batch", tokens, ids, built.qmodel)
     results["PyTorch"] = time_torch(model, tokens, ids)
     results["onnxruntime"] = time_onnxruntime(model, onnx_path, tokens, ids)
     c_seconds = results["C"][0]
-    print(f"   {'runtime':<13}{'ms per puzzle':>14}{'vs C':>8}   solved")
-    for runtime, (seconds, answers) in results.items():
+    print(f"   {'runtime':<13}{'ms per puzzle':>14}{'time / C':>10}   solved")
+    for runtime, (seconds, answers, _) in results.items():
         solved = 100.0 * np.mean((answers == labels).all(axis=1))
-        print(f"   {runtime:<13}{1000 * seconds / count:>14.2f}{seconds / c_seconds:>7.2f}x"
+        print(f"   {runtime:<13}{1000 * seconds / count:>14.2f}{seconds / c_seconds:>10.2f}"
               f"   {solved:5.1f} %")
-    c_answers = results["C"][1]
-    print(f"   C and PyTorch agree on {agreement(c_answers, results['PyTorch'][1])}")
-    print(f"   C and onnxruntime agree on {agreement(c_answers, results['onnxruntime'][1])}")
-    print(f"   PyTorch and onnxruntime agree on "
-          f"{agreement(results['PyTorch'][1], results['onnxruntime'][1])}")
+    pairs = [("C", "PyTorch"), ("C", "onnxruntime"), ("PyTorch", "onnxruntime")]
+    for first, second in pairs:
+        (_, tokens_a, y_a), (_, tokens_b, y_b) = results[first], results[second]
+        print(f"   {first} and {second}: tokens agree on {agreement(tokens_a, tokens_b)}; "
+              f"final carry y cosine {cosine(y_a, y_b):.4f}")
     print(f"   load average after: {os.getloadavg()[0]:.2f}", flush=True)
 
 
