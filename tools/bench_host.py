@@ -3,7 +3,8 @@
 Usage (from the repository root; run the rrgen you want to measure, e.g. with PYTHONPATH):
 
     python tools/bench_host.py [--models sudoku-mlp,full-size] [--bits 8]
-                               [--puzzles 100] [--full-size-puzzles 2] [--keep DIR]
+                               [--puzzles 100] [--full-size-puzzles 2] [--steps N]
+                               [--keep DIR]
 
 For each model the script
 
@@ -14,7 +15,7 @@ For each model the script
 2. generates the same seeded test puzzles (seed 7, a different seed from calibration)
    for all three runtimes;
 3. times three runtimes, one puzzle at a time, each through all halt_max_steps supervision
-   steps (no early halting), on one thread:
+   steps (or --steps, if fewer) without early halting, on one thread:
    - "C": the host build's bulk runner (`batch`, gcc -O3 -march=native, integer model),
      one process for all puzzles; the time includes its start and the pipe I/O;
    - "PyTorch": `TRM.solve` in fp32 eager mode, torch.set_num_threads(1), no_grad;
@@ -30,8 +31,9 @@ For each model the script
 
 The full-size model is the seeded random checkpoint of tools/bench_build.py (hidden 512,
 5.03 M parameters). It is untrained, so its logits are nearly tied and its predicted
-tokens differ between any two runtimes, fp32 ones included. The carry cosine still shows
-how closely the runtimes follow each other.
+tokens differ between any two runtimes, fp32 ones included. Its recursion also amplifies
+rounding differences: PyTorch and onnxruntime agree to a carry cosine of 1.0000 after 2
+supervision steps and drift apart after that. Compare the runtimes on it with --steps 2.
 
 This is a benchmark, not a test: the numbers depend on the machine and its load, which the
 script prints. Single runs on a shared machine vary.
@@ -61,8 +63,8 @@ def onnxruntime_or_exit():
     return onnxruntime
 
 
-def time_c(batch: Path, tokens: np.ndarray, ids: np.ndarray, qm) -> tuple[float, np.ndarray,
-                                                                         np.ndarray]:
+def time_c(batch: Path, tokens: np.ndarray, ids: np.ndarray, qm,
+           steps: int) -> tuple[float, np.ndarray, np.ndarray]:
     """Run every puzzle through the bulk runner.
 
     Returns seconds, the final tokens [N, seq_len] and the final carry y [N, positions *
@@ -73,7 +75,8 @@ def time_c(batch: Path, tokens: np.ndarray, ids: np.ndarray, qm) -> tuple[float,
 
     carry = qm.config.positions * qm.config.hidden_size
     start = time.perf_counter()
-    records = run_batch(batch, tokens, carry_bytes=carry, halt=False, jobs=1, puzzle_ids=ids)
+    records = run_batch(batch, tokens, carry_bytes=carry, max_steps=steps, halt=False, jobs=1,
+                        puzzle_ids=ids)
     seconds = time.perf_counter() - start
     bad = [r["status"] for r in records if r["status"] != 0]
     if bad:
@@ -84,8 +87,8 @@ def time_c(batch: Path, tokens: np.ndarray, ids: np.ndarray, qm) -> tuple[float,
     return seconds, answers, y
 
 
-def time_torch(model, tokens: np.ndarray, ids: np.ndarray) -> tuple[float, np.ndarray,
-                                                                     np.ndarray]:
+def time_torch(model, tokens: np.ndarray, ids: np.ndarray,
+               steps: int) -> tuple[float, np.ndarray, np.ndarray]:
     """Solve one puzzle at a time as TRM.solve does; return seconds, tokens and final y."""
     import torch
 
@@ -96,7 +99,7 @@ def time_torch(model, tokens: np.ndarray, ids: np.ndarray) -> tuple[float, np.nd
         x = model.input_embeddings(tok[i:i + 1], pid[i:i + 1])
         y, z = model.initial_carry(1)
         logits = None
-        for _ in range(model.config.halt_max_steps):
+        for _ in range(steps):
             y, z, logits, _ = model.step(y, z, x)
         return logits.argmax(-1).numpy(), y.reshape(1, -1).numpy()
 
@@ -109,8 +112,8 @@ def time_torch(model, tokens: np.ndarray, ids: np.ndarray) -> tuple[float, np.nd
     return seconds, answers, np.concatenate([r[1] for r in results]).astype(np.float64)
 
 
-def time_onnxruntime(model, path: Path, tokens: np.ndarray,
-                     ids: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def time_onnxruntime(model, path: Path, tokens: np.ndarray, ids: np.ndarray,
+                     steps: int) -> tuple[float, np.ndarray, np.ndarray]:
     """Solve one puzzle at a time with the step graph; return seconds, tokens and final y."""
     ort = onnxruntime_or_exit()
     cfg = model.config
@@ -128,7 +131,7 @@ def time_onnxruntime(model, path: Path, tokens: np.ndarray,
         y, z = np.broadcast_to(h_init, shape).copy(), np.broadcast_to(l_init, shape).copy()
         feed = {"tokens": tokens[i:i + 1].astype(np.int64), "puzzle_row": table[ids[i:i + 1]]}
         logits = None
-        for _ in range(cfg.halt_max_steps):
+        for _ in range(steps):
             y, z, logits, _ = session.run(None, {"y": y, "z": z, **feed})
         return logits.argmax(-1), y.reshape(1, -1)
 
@@ -152,7 +155,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> str:
     return f"{cells:.2f} % of cells, {puzzles:.1f} % of puzzles"
 
 
-def bench_model(name: str, count: int, bits: int, folder: Path) -> None:
+def bench_model(name: str, count: int, bits: int, folder: Path, steps: int | None) -> None:
     from rrgen import checkpoint, onnx_io, tasks, zoo
     from rrgen.build import build
 
@@ -168,6 +171,7 @@ def bench_model(name: str, count: int, bits: int, folder: Path) -> None:
         calibration = 64
     model = checkpoint.load(path).eval()
     cfg = model.config
+    steps = min(steps or cfg.halt_max_steps, cfg.halt_max_steps)
 
     start = time.perf_counter()
     built = build(path, "host", bits, folder / f"build-{name}", calibration)
@@ -178,15 +182,15 @@ def bench_model(name: str, count: int, bits: int, folder: Path) -> None:
     tokens, labels, ids = task.generate(count, PUZZLE_SEED)
     ids = np.where(ids < cfg.num_puzzle_identifiers, ids, 0).astype(np.int64)
     params = sum(p.numel() for p in model.parameters())
-    print(f"\n== {name}: {params} parameters, {cfg.halt_max_steps} supervision steps, "
+    print(f"\n== {name}: {params} parameters, {steps} of {cfg.halt_max_steps} supervision steps, "
           f"{built.report['macs']['total']} MACs per step; {count} puzzles (seed "
           f"{PUZZLE_SEED}); host build INT{bits} in {build_seconds:.1f} s; load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
 
     results = {}
-    results["C"] = time_c(built.out_dir / "batch", tokens, ids, built.qmodel)
-    results["PyTorch"] = time_torch(model, tokens, ids)
-    results["onnxruntime"] = time_onnxruntime(model, onnx_path, tokens, ids)
+    results["C"] = time_c(built.out_dir / "batch", tokens, ids, built.qmodel, steps)
+    results["PyTorch"] = time_torch(model, tokens, ids, steps)
+    results["onnxruntime"] = time_onnxruntime(model, onnx_path, tokens, ids, steps)
     c_seconds = results["C"][0]
     print(f"   {'runtime':<13}{'ms per puzzle':>14}{'time / C':>10}   solved")
     for runtime, (seconds, answers, _) in results.items():
@@ -212,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="puzzles per zoo model (default 100)")
     parser.add_argument("--full-size-puzzles", type=int, default=2,
                         help=f"puzzles for the {FULL_SIZE} model (default 2)")
+    parser.add_argument("--steps", type=int,
+                        help="supervision steps per puzzle (default: each model's "
+                        "halt_max_steps, the most it runs)")
     parser.add_argument("--keep", type=Path,
                         help="folder that keeps the builds and ONNX files "
                              "(default: a temporary folder, deleted at the end)")
@@ -226,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
                          f"{', '.join(sorted(zoo.ZOO))}")
     if args.puzzles < 1 or args.full_size_puzzles < 1:
         parser.error("--puzzles and --full-size-puzzles must be 1 or more")
+    if args.steps is not None and not 1 <= args.steps <= 255:
+        parser.error(f"--steps {args.steps} is invalid; use 1 to 255 (the bulk runner's "
+                     "limit), or leave it out for every supervision step")
     print(f"{os.cpu_count()} CPUs; one thread per runtime")
     with tempfile.TemporaryDirectory(prefix="rrgen-bench-host-") as temp:
         folder = args.keep or Path(temp)
         folder.mkdir(parents=True, exist_ok=True)
         for name in models:
             count = args.full_size_puzzles if name == FULL_SIZE else args.puzzles
-            bench_model(name, count, args.bits, folder)
+            bench_model(name, count, args.bits, folder, args.steps)
     return 0
 
 
