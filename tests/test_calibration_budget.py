@@ -10,7 +10,11 @@ Run: python -m pytest tests/test_calibration_budget.py
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +137,15 @@ def test_quantize_model_reports_rows_in_float32(tiny_model, tiny_calibration_tok
     graph, stats = quantize.calibrate_model(tiny_model, calibration_tokens=tiny_calibration_tokens)
     assert (stats.puzzles, stats.steps) == (8, tiny_model.config.halt_max_steps)
     assert all(c.dtype == np.float32 for rows in stats.rows.values() for c in rows)
+
+
+def test_negative_calibration_macs_rejected(tmp_path):
+    codegen = Path(__file__).resolve().parents[1] / "codegen"
+    result = subprocess.run([sys.executable, "-m", "rrgen", "build", "--board", "host",
+                             "--calibration-macs", "-1", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(codegen)))
+    assert result.returncode == 2
+    assert "--calibration-macs -1 is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -33,9 +33,9 @@ from .model import TRM, attention, rms_norm, rope_tables
 # reached on the full-size Sudoku-MLP (docs/benchmarks.md).
 CALIBRATION_MAC_BUDGET = 256e9
 ROW_CHUNK = 1024
-# One thread: PyTorch's OpenMP threads spin while they wait, so on a machine whose cores
-# are busy with other jobs two threads made the full-size calibration 7 to 8 times
-# slower than one (docs/benchmarks.md). On an idle machine one thread costs up to 2x.
+# One thread: PyTorch's OpenMP threads spin while they wait, so on a 2-core machine busy
+# with other jobs two threads made calibration 8 to 17 times slower than one
+# (docs/benchmarks.md). On an idle machine one thread costs up to 2x.
 CALIBRATION_THREADS = 1
 
 
