@@ -2,7 +2,7 @@
 
 Usage (from the repository root; run the rrgen you want to measure, e.g. with PYTHONPATH):
 
-    python tools/bench_build.py [--boards stm32h7,host] [--bits 4] [--calibration 8]
+    python tools/bench_build.py [--boards host,mps2-an500] [--bits 4] [--calibration 8]
                                 [--timeout 600] [--keep DIR]
 
 The script saves a seeded random checkpoint of the public Sudoku-MLP configuration
@@ -10,10 +10,14 @@ The script saves a seeded random checkpoint of the public Sudoku-MLP configurati
 H_cycles 3, L_cycles 6: 5.03 M parameters) with torch.manual_seed(0) in a temporary
 folder. For each board it then runs
 
-    python -m rrgen build --board BOARD --bits BITS --model FILE --calibration N --out DIR
+    python -m rrgen -v build --board BOARD --bits BITS --model FILE --calibration N --out DIR
 
 as a user would, and prints, per board:
 
+- one line per build stage (load, calibrate, quantize, plan+emit, compile+link, finish)
+  with its wall time and the Python process's peak RSS during it, from the
+  "stage NAME: ..." lines that `rrgen -v build` logs (see rrgen/build.py). "start-up"
+  is the rest of the wall time: interpreter start, imports, argument checks and exit;
 - exit status and wall seconds of the whole command;
 - the phases, taken from the processes that the build starts. "generate" runs from the
   start to the first toolchain process (load, calibrate, quantize, plan, emit: Python
@@ -26,6 +30,11 @@ as a user would, and prints, per board:
   ru_maxrss of RUSAGE_CHILDREN and is exact. The Python process alone is its VmHWM. The
   largest toolchain process is its VmHWM at the last poll. The tree total is the largest
   sum of VmRSS over the whole tree at one poll.
+
+- the verdict against the build goal: the whole command within TARGET_SECONDS (30 s) of
+  wall time, and its memory within TARGET_BYTES (1 GB, 10**9 bytes = 954 MiB). The memory
+  compared is the larger of the largest single process and the tree total.
+- the load average before and after the build, since the machine may be shared.
 
 A build that runs past --timeout is killed (its process group) and reported as such.
 A build that does not fit the board's flash exits with status 2. The script prints
@@ -41,6 +50,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +59,9 @@ import time
 from pathlib import Path
 
 POLL_SECONDS = 0.02
+TARGET_SECONDS = 30.0
+TARGET_BYTES = 10**9
+STAGE_LINE = re.compile(r"rrgen\.build: stage (\S+): ([0-9.]+) s, peak RSS ([0-9]+) MiB")
 
 
 def save_full_size_checkpoint(path: Path) -> int:
@@ -123,6 +136,7 @@ class Measurement:
     tree_rss: int = 0
     largest_process: int = 0
     stderr_tail: str = ""
+    stages: list = dataclasses.field(default_factory=list)   # (name, seconds, peak MiB)
 
 
 def run_and_poll(command: list[str], timeout: float, log_path: Path) -> Measurement:
@@ -151,7 +165,10 @@ def run_and_poll(command: list[str], timeout: float, log_path: Path) -> Measurem
         # Reaped above by wait4: tell Popen, so that it does not wait again.
         process.returncode = -signal.SIGKILL if result.returncode is None else result.returncode
     result.wall = time.monotonic() - start
-    result.stderr_tail = log_path.read_text(errors="replace").strip()[-2000:]
+    text = log_path.read_text(errors="replace")
+    result.stderr_tail = text.strip()[-2000:]
+    result.stages = [(name, float(seconds), int(peak))
+                     for name, seconds, peak in STAGE_LINE.findall(text)]
     return result
 
 
@@ -190,28 +207,43 @@ def mib(kib_value: int) -> str:
     return f"{kib_value / 1024:.0f} MiB"
 
 
-def print_measurement(board: str, command: list[str], m: Measurement) -> None:
+def print_measurement(board: str, command: list[str], m: Measurement,
+                      loads: tuple[float, float]) -> None:
     print(f"\n== board {board}: {' '.join(command)}")
+    print(f"   load average {loads[0]:.2f} before, {loads[1]:.2f} after, on "
+          f"{os.cpu_count()} CPUs")
     if m.returncode is None:
         print(f"   killed after {m.wall:.1f} s (timeout)")
     else:
         print(f"   exit status {m.returncode}, wall {m.wall:.1f} s")
     if m.returncode not in (0, None):
         print("   " + m.stderr_tail.splitlines()[-1] if m.stderr_tail else "   (no output)")
+    if m.stages:
+        print(f"   {'stage':<14}{'wall':>9}{'peak RSS':>11}")
+        for name, seconds, peak in m.stages:
+            print(f"   {name:<14}{seconds:>7.2f} s{peak:>7d} MiB")
+        rest = m.wall - sum(seconds for _, seconds, _ in m.stages)
+        print(f"   {'start-up':<14}{rest:>7.2f} s")
     if m.first_tool is None:
         print(f"   generate {m.wall:.1f} s; no toolchain process was seen")
     else:
-        print(f"   generate {m.first_tool:.1f} s, compile+link "
+        print(f"   from the process tree: generate {m.first_tool:.1f} s, compile+link "
               f"{m.last_tool - m.first_tool:.1f} s, finish {m.wall - m.last_tool:.1f} s")
     print(f"   peak RSS: largest process {mib(m.largest_process)}, Python {mib(m.python_hwm)}, "
           f"largest toolchain process {mib(m.tool_hwm)} ({m.tool_name or 'none'}), "
           f"whole tree at one poll {mib(m.tree_rss)}")
+    peak = max(m.largest_process, m.tree_rss) * 1024
+    time_ok = m.returncode is not None and m.wall <= TARGET_SECONDS
+    memory_ok = peak <= TARGET_BYTES
+    print(f"   total: {m.wall:.1f} s against {TARGET_SECONDS:.0f} s "
+          f"({'met' if time_ok else 'MISSED'}), {peak / 2**20:.0f} MiB against "
+          f"{TARGET_BYTES / 2**20:.0f} MiB = 1 GB ({'met' if memory_ok else 'MISSED'})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--boards", default="stm32h7,host",
-                        help="comma-separated boards to build (default stm32h7,host)")
+    parser.add_argument("--boards", default="host,mps2-an500",
+                        help="comma-separated boards to build (default host,mps2-an500)")
     parser.add_argument("--bits", default="4", help="--bits of the build (default 4)")
     parser.add_argument("--calibration", type=int, default=8,
                         help="calibration puzzles of the build (default 8)")
@@ -231,11 +263,12 @@ def main(argv: list[str] | None = None) -> int:
               f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         for board in args.boards.split(","):
             out = folder / f"build-{board}"
-            command = [sys.executable, "-m", "rrgen", "build", "--board", board,
+            command = [sys.executable, "-m", "rrgen", "-v", "build", "--board", board,
                        "--bits", args.bits, "--model", str(model),
                        "--calibration", str(args.calibration), "--out", str(out)]
+            before = os.getloadavg()[0]
             measurement = run_and_poll(command, args.timeout, folder / f"build-{board}.log")
-            print_measurement(board, command, measurement)
+            print_measurement(board, command, measurement, (before, os.getloadavg()[0]))
     return 0
 
 

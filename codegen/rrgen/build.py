@@ -17,6 +17,12 @@ Output folder contents:
 
 With --bits auto, budget.py measures the flash left for block weights, and precision.py
 chooses INT4 or INT8 for each block linear. The final link is checked against the budget.
+
+With `rrgen -v`, each stage (load, calibrate, quantize, plan+emit, compile+link, finish)
+logs one line "stage NAME: S s, peak RSS M MiB": its wall time, and the peak resident
+memory of the Python process during that stage. When the process reached a new peak
+(VmHWM) in the stage, that figure is exact; otherwise it is the largest VmRSS of samples
+taken every 5 ms. Compiler processes are not included; tools/bench_build.py measures them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +61,45 @@ class BuildResult:
     qmodel: QModel
 
 
+def _rss_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB; 0 without /proc."""
+    try:
+        with open("/proc/self/status") as file:
+            for line in file:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@contextmanager
+def stage(name: str):
+    """Log the wall time and the peak RSS of one build stage (see the module docstring)."""
+    if not log.isEnabledFor(logging.INFO):
+        yield
+        return
+    hwm_before, peak, done = _rss_kib("VmHWM"), [_rss_kib("VmRSS")], threading.Event()
+
+    def sample():
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _rss_kib("VmRSS"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        hwm = _rss_kib("VmHWM")
+        # A new process peak in this stage is exact; otherwise the 5 ms samples tell.
+        stage_peak = hwm if hwm > hwm_before else max(peak[0], _rss_kib("VmRSS"))
+        log.info("stage %s: %.2f s, peak RSS %.0f MiB", name, seconds, stage_peak / 1024)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(emit.REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
@@ -67,18 +115,9 @@ def sha256_file(path: Path) -> str:
 
 def macs_per_step(qm: QModel) -> dict:
     """Multiply-accumulates per supervision step, per layer kind and in total."""
-    cfg, graph = qm.config, qm.graph
-    per_block = {}
-    for node in graph.nodes:
-        if node.op == "linear":
-            rows = graph.values[node.inputs[0]].shape[0]
-            per_block[node.name] = rows * node.attrs["in_features"] * node.attrs["out_features"]
-        elif node.op == "attention":
-            # q k^T and p v: two [positions x positions x head_dim] products per head.
-            rows = graph.values[node.inputs[0]].shape[0]
-            per_block[node.name] = 2 * rows * rows * node.attrs["heads"] * node.attrs["head_dim"]
-    n_l, n_h = cfg.net_layers
-    calls = cfg.H_cycles * (cfg.L_cycles * n_l + (n_h or n_l))
+    cfg = qm.config
+    per_block = calibrate.block_macs(qm.graph)
+    calls = calibrate.block_calls_per_step(cfg)
     heads = cfg.seq_len * cfg.hidden_size * cfg.vocab_size + cfg.hidden_size * 2
     return {"per_block": per_block, "block_calls_per_step": calls,
             "heads": heads, "total": sum(per_block.values()) * calls + heads}
@@ -288,6 +327,14 @@ def _fit_error(board, link_error: str, all_int4: bool) -> BuildError:
     return BuildError(f"the model does not fit board {board.name!r}: {reason.strip()}; {fix}")
 
 
+def calibration_note(stats, asked: int, steps: int) -> str:
+    """Describe the calibration that ran, e.g. "1 of 8 calibration puzzles (budget)"."""
+    if (stats.puzzles, stats.steps) == (asked, steps):
+        return f"{asked} calibration puzzles"
+    return (f"{stats.puzzles} of {asked} calibration puzzles x {stats.steps} of {steps} "
+            "steps (calibration MAC budget)")
+
+
 def check_out_dir(out_dir: Path) -> None:
     """Fail before any work when out_dir cannot receive a build, or contains something else.
 
@@ -449,7 +496,8 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
           public_config: str | Path | None = None, task: str | None = None,
           flash_budget: int | None = None,
           layer_bits: dict[str, int] | None = None,
-          external_flash_bytes: int | None = None) -> BuildResult:
+          external_flash_bytes: int | None = None,
+          calibration_macs: float | None = calibrate.CALIBRATION_MAC_BUDGET) -> BuildResult:
     """Quantize, emit, compile, link and report into out_dir; see the module docstring.
 
     bits: 4, 8 or "auto" (each block linear INT4 or INT8, chosen by precision.py to fit
@@ -458,6 +506,8 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
     layers' bits by hand (keys as QModel.errors), with bits as the default.
     external_flash_bytes sets the length of the board's external flash region (the board
     file's length by default, at most its max_length).
+    calibration_macs caps the float calibration (calibrate.plan_calibration); 0 or None
+    calibrates on every puzzle and supervision step.
     """
     board = boards.load_board(board_name)
     if external_flash_bytes is not None:
@@ -469,7 +519,8 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
     if calibration_puzzles < 1:
         raise BuildError(f"--calibration {calibration_puzzles} is invalid; use 1 or more puzzles")
     check_out_dir(Path(out_dir))
-    model = frontend.load_model(model_path, public_config, task)
+    with stage("load"):
+        model = frontend.load_model(model_path, public_config, task)
     model_path = Path(model.source_path)
     if task is not None and task != model.config.task:
         raise BuildError(f"--task {task} does not match the model, which was made for "
@@ -477,57 +528,68 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
     command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "rrgen", *sys.argv[1:]])
     out_dir = Path(out_dir)
 
-    tokens, ids = calibrate.calibration_data(model.config, calibration_puzzles)
-    graph, stats = quantize.calibrate_model(model, calibration_tokens=tokens,
-                                            calibration_ids=ids)
+    with stage("calibrate"):
+        tokens, ids = calibrate.calibration_data(model.config, calibration_puzzles)
+        graph, stats = quantize.calibrate_model(model, calibration_tokens=tokens,
+                                                calibration_ids=ids, mac_budget=calibration_macs)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         auto = None
-        if bits == "auto":
-            auto = budget.choose_for_board(model, graph, stats, board, flash_budget,
-                                           (tokens, ids), staging / "probe")
-            shutil.rmtree(staging / "probe", ignore_errors=True)
-            qm = quantize.quantize_with_stats(model, graph, stats, 8, auto.choice.layer_bits)
-        else:
-            qm = quantize.quantize_with_stats(model, graph, stats, bits, layer_bits)
-        layout = plan_for_board(qm, board)
-        log.info("arena %d bytes in %s (lower bound %d, greedy by size %d, without reuse %d)",
-                 layout.arena_bytes, ", ".join(a.region or "one array" for a in layout.arenas),
-                 layout.lower_bound_bytes, layout.greedy_bytes, layout.no_reuse_bytes)
+        with stage("quantize"):
+            if bits == "auto":
+                auto = budget.choose_for_board(model, graph, stats, board, flash_budget,
+                                               (tokens, ids), staging / "probe")
+                shutil.rmtree(staging / "probe", ignore_errors=True)
+                qm = quantize.quantize_with_stats(model, graph, stats, 8, auto.choice.layer_bits)
+            else:
+                qm = quantize.quantize_with_stats(model, graph, stats, bits, layer_bits)
+        with stage("plan+emit"):
+            layout = plan_for_board(qm, board)
+            log.info("arena %d bytes in %s (lower bound %d, greedy by size %d, without reuse %d)",
+                     layout.arena_bytes, ", ".join(a.region or "one array" for a in layout.arenas),
+                     layout.lower_bound_bytes, layout.greedy_bytes, layout.no_reuse_bytes)
 
-        label = precision_label(qm)
-        name = f"{model_path.stem}-{label.lower().replace(' ', '-')}"
-        provenance = [f"rrgen commit {git_commit()}", f"command: {command}",
-                      f"checkpoint {model_path.name} sha256 {sha256_file(model_path)}",
-                      f"weights {label} per channel{' (--bits auto)' if auto else ''}, "
-                      f"{calibration_puzzles} calibration puzzles, model id 0x{qm.model_id():08x}"]
-        files = emit.render(qm, layout, name[:32], provenance,
-                            kernel_variant="portable" if board.is_host else board.kernels)
-        linked = link_firmware(board, qm, files, staging)
+            label = precision_label(qm)
+            name = f"{model_path.stem}-{label.lower().replace(' ', '-')}"
+            used = calibration_note(stats, calibration_puzzles, model.config.halt_max_steps)
+            provenance = [f"rrgen commit {git_commit()}", f"command: {command}",
+                          f"checkpoint {model_path.name} sha256 {sha256_file(model_path)}",
+                          f"weights {label} per channel{' (--bits auto)' if auto else ''}, "
+                          f"{used}, model id 0x{qm.model_id():08x}"]
+            files = emit.render(qm, layout, name[:32], provenance,
+                                kernel_variant="portable" if board.is_host else board.kernels)
+        with stage("compile+link"):
+            linked = link_firmware(board, qm, files, staging)
         check_flash_budget(board, qm, linked, flash_budget)
 
-        quantize.save_qmodel(qm, staging / "qmodel.npz")
-        report = make_report(qm, layout, board, linked, files,
-                             None if auto is None else auto.report())
-        (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        (staging / "report.md").write_text(report_markdown(report, command))
-        (staging / "build.json").write_text(json.dumps({
-            "model": str(model_path.resolve()), "bits": bits, "layer_bits": qm.layer_bits(),
-            "flash_budget": flash_budget, "board": board.name,
-            "external_flash_bytes": external_flash_bytes,
-            "task": qm.config.task, "seq_len": qm.config.seq_len,
-            "num_puzzle_identifiers": qm.config.num_puzzle_identifiers,
-            "calibration_puzzles": calibration_puzzles, "model_id": qm.model_id(),
-            "firmware": "firmware" if board.is_host else "firmware.elf",
-            "qemu_machine": board.qemu_machine}, indent=2) + "\n")
+        with stage("finish"):
+            quantize.save_qmodel(qm, staging / "qmodel.npz")
+            report = make_report(qm, layout, board, linked, files,
+                                 None if auto is None else auto.report())
+            report["calibration"] = {"puzzles_asked": calibration_puzzles,
+                                     "puzzles": stats.puzzles, "steps": stats.steps,
+                                     "mac_budget": calibration_macs}
+            report_text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+            (staging / "report.json").write_text(report_text)
+            (staging / "report.md").write_text(report_markdown(report, command))
+            (staging / "build.json").write_text(json.dumps({
+                "model": str(model_path.resolve()), "bits": bits, "layer_bits": qm.layer_bits(),
+                "flash_budget": flash_budget, "board": board.name,
+                "external_flash_bytes": external_flash_bytes,
+                "task": qm.config.task, "seq_len": qm.config.seq_len,
+                "num_puzzle_identifiers": qm.config.num_puzzle_identifiers,
+                "calibration_puzzles": calibration_puzzles,
+                "calibration_used": [stats.puzzles, stats.steps], "model_id": qm.model_id(),
+                "firmware": "firmware" if board.is_host else "firmware.elf",
+                "qemu_machine": board.qemu_machine}, indent=2) + "\n")
 
-        # Move into place only now: replace an older build of the same folder.
-        check_out_dir(out_dir)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.chmod(0o755)
-        staging.rename(out_dir)
+            # Move into place only now: replace an older build of the same folder.
+            check_out_dir(out_dir)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            staging.chmod(0o755)
+            staging.rename(out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

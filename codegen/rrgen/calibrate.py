@@ -5,6 +5,14 @@ float32 torch on a batch, with the same math as model.Block; collect() runs the 
 recursion (all supervision steps) on sample puzzles and records, for every value of every
 layer, the largest magnitude seen, plus a row sample of every linear layer's input for the
 weight-scale search in quantize.py.
+
+Calibration work is capped (plan_calibration): the float recursion of `puzzles` puzzles
+through `steps` supervision steps costs puzzles * steps * step_macs multiply-accumulates.
+When that exceeds CALIBRATION_MAC_BUDGET, the build calibrates on the first
+floor(budget / (steps * step_macs)) puzzles of the calibration split (at least one), and
+when even one puzzle exceeds it, on one puzzle and the first floor(budget / step_macs)
+supervision steps (at least one). Models within the budget calibrate exactly as asked:
+every shipped model does at the default 64 puzzles (73 G MACs at most, against 256 G).
 """
 
 from __future__ import annotations
@@ -21,6 +29,15 @@ from .config import TRMConfig
 from .ir import BlockGraph
 from .model import TRM, attention, rms_norm, rope_tables
 
+# About 8 s of float32 matrix products at 30 G MAC/s, the rate that one x86-64 core
+# reached on the full-size Sudoku-MLP (docs/benchmarks.md).
+CALIBRATION_MAC_BUDGET = 256e9
+ROW_CHUNK = 1024
+# One thread: PyTorch's OpenMP threads spin while they wait, so on a 2-core machine busy
+# with other jobs two threads made calibration 8 to 17 times slower than one
+# (docs/benchmarks.md). On an idle machine one thread costs up to 2x.
+CALIBRATION_THREADS = 1
+
 
 @dataclass
 class Stats:
@@ -29,9 +46,14 @@ class Stats:
     rows: dict = field(default_factory=lambda: defaultdict(list))
     rows_per_call: int = 16
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    puzzles: int = 0          # calibration puzzles and supervision steps that were run
+    steps: int = 0
+    _filled: dict = field(default_factory=dict)   # rows written in each key's last chunk
 
     def observe(self, key, tensor: torch.Tensor) -> None:
-        value = float(tensor.detach().abs().max())
+        # max(-min, max) equals abs().max() without allocating the |tensor| temporary.
+        low, high = torch.aminmax(tensor.detach())
+        value = max(-float(low), float(high))
         if not np.isfinite(value):
             raise ValueError(f"calibration produced NaN or Inf at {key}; the model or the "
                              "calibration puzzles are invalid")
@@ -41,7 +63,26 @@ class Stats:
         flat = tensor.detach().reshape(-1, tensor.shape[-1])
         pick = self.rng.choice(flat.shape[0], size=min(self.rows_per_call, flat.shape[0]),
                                replace=False)
-        self.rows[key].append(flat[torch.from_numpy(pick)].numpy().astype(np.float64))
+        part = flat[torch.from_numpy(pick)].numpy()
+        # Rows go into float32 chunks of ROW_CHUNK rows (widening to float64 later is
+        # exact). Thousands of small arrays that outlive the activations around them
+        # would fragment the heap: that doubled the peak memory of a full-size build.
+        chunks, done = self.rows[key], 0
+        while done < len(part):
+            filled = self._filled.get(key, ROW_CHUNK)
+            if filled == ROW_CHUNK:
+                chunks.append(np.empty((ROW_CHUNK, part.shape[1]), dtype=np.float32))
+                filled = 0
+            take = min(ROW_CHUNK - filled, len(part) - done)
+            chunks[-1][filled:filled + take] = part[done:done + take]
+            self._filled[key] = filled + take
+            done += take
+
+    def finish(self) -> None:
+        """Trim the last chunk of every row sample to the rows written."""
+        for key, filled in self._filled.items():
+            self.rows[key][-1] = self.rows[key][-1][:filled]
+        self._filled = {}
 
 
 def run_block(graph: BlockGraph, weights: dict[str, torch.Tensor], h: torch.Tensor,
@@ -95,6 +136,46 @@ def calibration_data(config: TRMConfig, count: int) -> tuple[np.ndarray, np.ndar
     return inputs, np.where(ids < config.num_puzzle_identifiers, ids, 0)
 
 
+def block_macs(graph: BlockGraph) -> dict[str, int]:
+    """Multiply-accumulates of one block call per matrix-product node, for one puzzle."""
+    per_block = {}
+    for node in graph.nodes:
+        if node.op == "linear":
+            rows = graph.values[node.inputs[0]].shape[0]
+            per_block[node.name] = rows * node.attrs["in_features"] * node.attrs["out_features"]
+        elif node.op == "attention":
+            # q k^T and p v: two [positions x positions x head_dim] products per head.
+            rows = graph.values[node.inputs[0]].shape[0]
+            per_block[node.name] = 2 * rows * rows * node.attrs["heads"] * node.attrs["head_dim"]
+    return per_block
+
+
+def block_calls_per_step(config: TRMConfig) -> int:
+    n_l, n_h = config.net_layers
+    return config.H_cycles * (config.L_cycles * n_l + (n_h or n_l))
+
+
+def step_macs(config: TRMConfig, graph: BlockGraph) -> int:
+    """Multiply-accumulates of one supervision step of one puzzle, the two heads included."""
+    heads = config.seq_len * config.hidden_size * config.vocab_size + config.hidden_size * 2
+    return sum(block_macs(graph).values()) * block_calls_per_step(config) + heads
+
+
+def plan_calibration(config: TRMConfig, graph: BlockGraph, puzzles: int,
+                     budget: float | None = CALIBRATION_MAC_BUDGET) -> tuple[int, int]:
+    """Return (puzzles, supervision steps) to calibrate on; see the module docstring.
+
+    budget None or 0 means no cap: every puzzle through config.halt_max_steps steps.
+    """
+    steps = config.halt_max_steps
+    if not budget or puzzles * steps * step_macs(config, graph) <= budget:
+        return puzzles, steps
+    per_puzzle = steps * step_macs(config, graph)
+    if per_puzzle <= budget:
+        return max(1, min(puzzles, int(budget // per_puzzle))), steps
+    return 1, max(1, int(budget // step_macs(config, graph)))
+
+
 def net_layers(config: TRMConfig) -> tuple[range, range]:
     """Block indices of the z network (L) and the y network (H) in one flat list.
 
@@ -135,8 +216,18 @@ def run_net(graph: BlockGraph, weights: list[dict], hidden: torch.Tensor,
 def collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | None = None,
             batch: int = 64, puzzle_ids: torch.Tensor | None = None) -> Stats:
     """Statistics over every net call of `steps` supervision steps (default halt_max_steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CALIBRATION_THREADS)
+    try:
+        return _collect(model, graph, tokens, steps, batch, puzzle_ids)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | None,
+             batch: int, puzzle_ids: torch.Tensor | None) -> Stats:
     cfg = model.config
-    stats = Stats()
+    stats = Stats(puzzles=tokens.shape[0], steps=steps or cfg.halt_max_steps)
     weights = [layer_weights(model, i) for i in range(block_count(cfg))]
     net_l, net_h = net_layers(cfg)
     stats.observe("x_table", model.embed_tokens.weight * cfg.embed_scale)
@@ -159,4 +250,5 @@ def collect(model: TRM, graph: BlockGraph, tokens: torch.Tensor, steps: int | No
             logits, q = model.heads(y)
             stats.observe("logits", logits)
             stats.observe("q", q)
+    stats.finish()
     return stats

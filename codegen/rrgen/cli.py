@@ -122,9 +122,14 @@ def cmd_build(args) -> int:
     external = None
     if args.external_flash_bytes is not None:
         external = parse_size(args.external_flash_bytes, "--external-flash-bytes", "33554432")
+    macs = args.calibration_macs
+    if macs is not None and not (macs >= 0 and macs != float("inf")):
+        raise UserError(f"--calibration-macs {macs:g} is invalid; use a number of "
+                        "multiply-accumulates such as 256e9, or 0 for no cap")
+    kwargs = {} if macs is None else {"calibration_macs": macs}
     result = build(args.model, args.board, bits, out, args.calibration,
                    public_config=args.public_config, task=args.task, flash_budget=flash_budget,
-                   external_flash_bytes=external)
+                   external_flash_bytes=external, **kwargs)
     r = result.report
     print(f"built {r['board']} {r['weight_precision']} model {r['model_id']} in {out}/")
     if "precision" in r:
@@ -499,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check that the model was made for this task")
     p.add_argument("--out", help="output folder (default build/BOARD)")
     p.add_argument("--calibration", type=int, default=64, help="calibration puzzles")
+    p.add_argument("--calibration-macs", type=float, metavar="MACS",
+                   help="cap on the multiply-accumulates of the float calibration run; a "
+                   "larger model calibrates on fewer puzzles (then steps) to stay under it. "
+                   "Default 256e9 (about 8 s on one core); 0 for no cap")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("flash", help="program a build into a real board through pyocd")

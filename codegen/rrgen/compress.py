@@ -139,7 +139,7 @@ def calibration_rows(model: TRM, tokens: np.ndarray, ids: np.ndarray) -> dict[st
         for layer in range(calibrate.block_count(model.config)):
             sample = stats.rows.get((layer, node.name))
             if sample:
-                rows[f"{layer}.{module_name}"] = np.concatenate(sample)
+                rows[f"{layer}.{module_name}"] = np.concatenate(sample).astype(np.float64)
     return rows
 
 

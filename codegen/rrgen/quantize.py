@@ -8,7 +8,8 @@ Convention: real = scale * q, zero point 0, everywhere.
   |w| are tried, and the one that minimizes the squared output error on sampled
   calibration inputs (||X w - X w_q||^2) is kept.
 - Activations: INT8 with one scale per tensor, max |value| / 127 over every recursion
-  step of the calibration puzzles. Logits and the halt logit are INT16 (max / 32767), so
+  step of the calibration puzzles. A model too big for calibrate.CALIBRATION_MAC_BUDGET
+  calibrates on fewer puzzles, then fewer steps (calibrate.plan_calibration). Logits and the halt logit are INT16 (max / 32767), so
   saturation rarely creates a tie for argmax.
 - Attention: q, k and v of the fused projection get one scale each. RoPE uses Q14 tables,
   scores are exact int32 dot products, the softmax works on integer score differences
@@ -208,12 +209,22 @@ def choose_weight_scales(weight: np.ndarray, inputs: np.ndarray | None, qmax: in
     maxabs = np.where(maxabs > 0, maxabs, qmax)
     if inputs is None or len(inputs) == 0:
         return maxabs / qmax
+    x = np.asarray(inputs, dtype=np.float64)
+    if len(x) > w.shape[1]:
+        # ||X d||^2 = d^T (X^T X) d: with more rows than inputs, the Gram matrix is cheaper.
+        gram = x.T @ x
+
+        def error(d: np.ndarray) -> np.ndarray:
+            return np.einsum("oi,oi->o", d @ gram, d)
+    else:
+        def error(d: np.ndarray) -> np.ndarray:
+            return ((x @ d.T) ** 2).sum(axis=0)
     best_err = np.full(w.shape[0], np.inf)
     best = maxabs / qmax
     for ratio in CLIP_RATIOS:
         scale = ratio * maxabs / qmax
         wq = np.clip(np.round(w / scale[:, None]), -qmax, qmax) * scale[:, None]
-        err = ((inputs @ (w - wq).T) ** 2).sum(axis=0)
+        err = error(w - wq)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best = np.where(better, scale, best)
@@ -302,11 +313,14 @@ def quantize_model(model: TRM, bits: int = 8, calibration_puzzles: int = 64,
 
 def calibrate_model(model: TRM, calibration_puzzles: int = 64,
                     calibration_tokens: np.ndarray | None = None,
-                    calibration_ids: np.ndarray | None = None) -> tuple[BlockGraph, Stats]:
+                    calibration_ids: np.ndarray | None = None,
+                    mac_budget: float | None = calibrate.CALIBRATION_MAC_BUDGET
+                    ) -> tuple[BlockGraph, Stats]:
     """Check and trace `model`, then collect its activation statistics.
 
     The statistics do not depend on the weight bits, so one call serves any number of
-    quantize_with_stats calls with different layer_bits.
+    quantize_with_stats calls with different layer_bits. mac_budget caps the float
+    recursion (calibrate.plan_calibration); stats.puzzles and stats.steps say what ran.
     """
     cfg = model.config
     for name, tensor in model.state_dict().items():
@@ -321,10 +335,20 @@ def calibrate_model(model: TRM, calibration_puzzles: int = 64,
                              "one block body for every layer")
     if calibration_tokens is None:
         calibration_tokens, calibration_ids = calibrate.calibration_data(cfg, calibration_puzzles)
-    log.info("calibrating on %d puzzles x %d supervision steps", len(calibration_tokens),
-             cfg.halt_max_steps)
-    ids = None if calibration_ids is None else torch.from_numpy(np.asarray(calibration_ids))
-    stats = calibrate.collect(model, graph, torch.from_numpy(calibration_tokens), puzzle_ids=ids)
+    asked = len(calibration_tokens)
+    puzzles, steps = calibrate.plan_calibration(cfg, graph, asked, mac_budget)
+    if (puzzles, steps) != (asked, cfg.halt_max_steps):
+        log.warning("calibrating on %d of %d puzzles x %d of %d supervision steps: the "
+                    "float recursion of all of them would take %.0f G MACs, over the "
+                    "calibration budget of %.0f G", puzzles, asked, steps, cfg.halt_max_steps,
+                    asked * cfg.halt_max_steps * calibrate.step_macs(cfg, graph) / 1e9,
+                    mac_budget / 1e9)
+    else:
+        log.info("calibrating on %d puzzles x %d supervision steps", puzzles, steps)
+    ids = None if calibration_ids is None else torch.from_numpy(
+        np.asarray(calibration_ids)[:puzzles])
+    stats = calibrate.collect(model, graph, torch.from_numpy(calibration_tokens[:puzzles]),
+                              steps=steps, puzzle_ids=ids)
     return graph, stats
 
 
