@@ -306,8 +306,11 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
     out_dir = Path(out_dir)
 
     tokens, ids = calibrate.calibration_data(model.config, calibration_puzzles)
-    graph, stats = quantize.calibrate_model(model, calibration_tokens=tokens,
-                                            calibration_ids=ids)
+    try:
+        graph, stats = quantize.calibrate_model(model, calibration_tokens=tokens,
+                                                calibration_ids=ids)
+    except calibrate.CalibrationError as err:
+        raise BuildError(f"model {str(model_path)!r}: {err}") from None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

@@ -22,6 +22,10 @@ from .ir import BlockGraph
 from .model import TRM, attention, rms_norm, rope_tables
 
 
+class CalibrationError(ValueError):
+    """A calibration run whose float activations are not finite."""
+
+
 @dataclass
 class Stats:
     """Largest |value| per key, and sampled input rows per linear layer."""
@@ -33,8 +37,9 @@ class Stats:
     def observe(self, key, tensor: torch.Tensor) -> None:
         value = float(tensor.detach().abs().max())
         if not np.isfinite(value):
-            raise ValueError(f"calibration produced NaN or Inf at {key}; the model or the "
-                             "calibration puzzles are invalid")
+            raise CalibrationError(f"calibration produced NaN or Inf at {key}, so the float "
+                                   "activations overflow; check the checkpoint for very large "
+                                   "weights or use an earlier checkpoint")
         self.maxabs[key] = max(self.maxabs[key], value)
 
     def sample_rows(self, key, tensor: torch.Tensor) -> None:
