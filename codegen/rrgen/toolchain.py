@@ -9,6 +9,7 @@ generated model; the tests call it with a test fixture in place of the model.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,6 +28,20 @@ ARM_LDFLAGS = ("--specs=nano.specs", "--specs=nosys.specs", "-nostartfiles",
 # Sections that `size -A` lists but that occupy no target memory.
 NON_ALLOCATED_PREFIXES = (".debug", ".comment", ".ARM.attributes", ".stab", ".line")
 ARM_PACKAGES = "gcc-arm-none-eabi, binutils-arm-none-eabi and libnewlib-arm-none-eabi"
+# Host builds add these when the environment sets RRGEN_SANITIZE=1: any AddressSanitizer
+# or UndefinedBehaviorSanitizer report then ends the program with a non-zero status.
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-g")
+SANITIZE_VARIABLE = "RRGEN_SANITIZE"
+
+
+def host_sanitize_flags() -> list[str]:
+    """Return SANITIZE_FLAGS when RRGEN_SANITIZE is 1, else none; reject other values."""
+    value = os.environ.get(SANITIZE_VARIABLE, "0")
+    if value not in ("0", "1", ""):
+        raise ToolchainError(f"{SANITIZE_VARIABLE}={value!r} is invalid; set it to 1 to build "
+                             "the host programs with sanitizers, or 0")
+    return list(SANITIZE_FLAGS) if value == "1" else []
 
 
 class ToolchainError(RuntimeError):
@@ -163,7 +178,7 @@ def _build_host(board: Board, sources: list[Path], flags: list[str], out_dir: Pa
                 name: str) -> dict:
     gcc = find_tool("gcc", "gcc")
     executable = out_dir / name
-    _run([gcc, *board.cflags, *COMMON_CFLAGS, *flags, *map(str, sources), "-o",
-          str(executable)], f"building {name} for the host")
+    _run([gcc, *board.cflags, *COMMON_CFLAGS, *flags, *host_sanitize_flags(),
+          *map(str, sources), "-o", str(executable)], f"building {name} for the host")
     return {"elf": executable, "bin": None, "map": None, "linker_script": None,
             "sections": {}, "regions": {}}
