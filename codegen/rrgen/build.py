@@ -130,6 +130,9 @@ def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files
         "scales": {k: v for k, v in qm.scales.items() if isinstance(v, float)},
         "generated_files": sorted(files),
     }
+    if linked.get("stack") is not None:
+        report["stack"] = {**linked["stack"].report(),
+                           "reserved_bytes": board.placement.stack_bytes}
     if precision is not None:
         report["precision"] = precision
     return report
@@ -260,7 +263,25 @@ def link_firmware(board, qm: QModel, files: dict[str, str | bytes], folder: Path
             all_int4 = set(qm.layer_bits().values()) == {4}
             raise _fit_error(board, text, all_int4) from None
         raise
+    check_stack(board, linked)
     return linked
+
+
+def check_stack(board, linked: dict) -> None:
+    """Raise BuildError when the worst-case stack exceeds the board's stack reservation.
+
+    The linker script already keeps the data, the arena and every other section below the
+    reservation, so this check completes the RAM budget.
+    """
+    bound = linked.get("stack")
+    if bound is None or board.placement is None:
+        return
+    if bound.bytes > board.placement.stack_bytes:
+        raise BuildError(f"the worst-case stack is {bound.bytes} bytes (deepest chain "
+                         f"{' -> '.join(bound.main_chain)}), over the "
+                         f"{board.placement.stack_bytes}-byte stack of board {board.name!r}; "
+                         f"raise placement.stack_bytes in boards/{board.name}.toml or reduce "
+                         "the deepest frames")
 
 
 def check_flash_budget(board, qm: QModel, linked: dict, flash_budget: int | None) -> None:

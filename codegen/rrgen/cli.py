@@ -115,6 +115,9 @@ def cmd_build(args) -> int:
         print(f"  {precision_summary(r['precision'])}")
     for region in r["regions"]:
         print(f"  {region['name']:10s} {region['used_bytes']:9d} of {region['length_bytes']:9d} bytes")
+    if "stack" in r:
+        print(f"  stack bound {r['stack']['bound_bytes']} of {r['stack']['reserved_bytes']} "
+              "bytes reserved (deepest call chain plus exception handlers)")
     a = r["arena"]
     print(f"  arena {a['bytes']} bytes (lower bound {a['lower_bound_bytes']}, "
           f"without reuse {a['no_reuse_bytes']}), {r['macs']['total']} MACs per supervision step")

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import stack
 from .boards import REPO_ROOT, Board, render_linker_script
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,9 @@ FIRMWARE_DIR = REPO_ROOT / "firmware"
 FIRMWARE_INCLUDE_DIR = FIRMWARE_DIR / "include"
 
 COMMON_CFLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-O2")
-ARM_CFLAGS = ("-ffunction-sections", "-fdata-sections")
+# -fstack-usage and -fcallgraph-info=su write the frame sizes and calls that stack.py sums.
+ARM_CFLAGS = ("-ffunction-sections", "-fdata-sections", "-fstack-usage",
+              "-fcallgraph-info=su")
 ARM_LDFLAGS = ("--specs=nano.specs", "--specs=nosys.specs", "-nostartfiles",
                "-Wl,--gc-sections")
 # Sections that `size -A` lists but that occupy no target memory.
@@ -130,7 +133,8 @@ def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path]
 
     Returns {"elf": Path, "bin": Path | None, "map": Path | None,
              "linker_script": Path | None, "sections": {name: {"size", "address"}},
-             "regions": {region name: bytes used}}; the host entries are None or empty.
+             "regions": {region name: bytes used}, "stack": stack.StackBound | None};
+    the host entries are None or empty.
     Raises ToolchainError when a tool is missing or a step fails.
     """
     out_dir = Path(out_dir)
@@ -170,8 +174,13 @@ def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path]
     for region in board.memory:
         log.info("board %s, region %s: %d of %d bytes used", board.name, region.name,
                  regions[region.name], region.length)
+    readelf = find_tool("arm-none-eabi-readelf", ARM_PACKAGES)
+    relocations = _run([readelf, "-rW", *map(str, objects)], "readelf of the objects")
+    bound = stack.stack_bound(stack.read_callgraph(sorted(object_dir.glob("*.ci"))),
+                              stack.address_taken(relocations))
+    log.info("board %s: worst-case stack %d bytes", board.name, bound.bytes)
     return {"elf": elf, "bin": binary, "map": map_file, "linker_script": script,
-            "sections": sections, "regions": regions}
+            "sections": sections, "regions": regions, "stack": bound}
 
 
 def _build_host(board: Board, sources: list[Path], flags: list[str], out_dir: Path,
@@ -181,4 +190,4 @@ def _build_host(board: Board, sources: list[Path], flags: list[str], out_dir: Pa
     _run([gcc, *board.cflags, *COMMON_CFLAGS, *flags, *host_sanitize_flags(),
           *map(str, sources), "-o", str(executable)], f"building {name} for the host")
     return {"elf": executable, "bin": None, "map": None, "linker_script": None,
-            "sections": {}, "regions": {}}
+            "sections": {}, "regions": {}, "stack": None}
