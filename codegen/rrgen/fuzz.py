@@ -1,4 +1,4 @@
-"""Protocol fuzzing and soak runs against real firmware: the host build or QEMU.
+"""Protocol fuzzing against real firmware: the host build or QEMU.
 
 Last stage of the pipeline (model -> quantize -> trace -> plan -> emit -> build -> run).
 A seeded generator writes random, mutated, truncated, oversized, replayed and valid
@@ -8,7 +8,7 @@ predicts the one reply each frame must get: an ERROR code, an INFO reply or a SO
 reply. Every SOLVE reply, and every TRACE before it, is compared with the numpy integer
 reference (reference.py). A reply that is missing within the time limit counts as a hang.
 
-tools/fuzz.py runs this at scale; tools/soak.py sends valid puzzles only.
+tools/fuzz.py runs this at scale.
 """
 
 from __future__ import annotations
@@ -152,8 +152,8 @@ class Checker:
     def next_packet(self, expected: Expected) -> protocol.Packet:
         packet = self.client.read_packet(self.reply_timeout)
         if packet is None:
-            raise AssertionError(f"no reply within {self.reply_timeout} s (hang?) while "
-                                 f"expecting {describe(expected)}")
+            raise AssertionError(f"no reply within {self.reply_timeout} s (the firmware may "
+                                 f"hang) while expecting {describe(expected)}")
         return packet
 
     def check(self, expected: Expected) -> None:
@@ -227,7 +227,7 @@ def got(packet: protocol.Packet) -> str:
 
 # ---- Frame generator ----
 
-# Kinds of generated input and their weights. "valid-*" frames must get a correct answer;
+# Kinds of generated input and their weights. "valid-*" frames must get a correct reply;
 # all others must get an ERROR (or nothing, for empty frames and unterminated fragments).
 CASE_WEIGHTS = {
     "valid-solve": 22, "valid-info": 5, "replay": 5, "garbage": 14, "mutated": 20,
