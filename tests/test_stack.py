@@ -2,7 +2,8 @@
 
 Synthetic gcc call graphs check the sum along the deepest chain, indirect calls,
 recursion and dynamic frames; the tiny model's mps2-an500 build checks the real report,
-and a board with a too-small stack reservation checks the error.
+and a board with a too-small stack reservation checks the error. A source with a warning
+must fail the host and the Arm build (-Wall -Wextra -Werror).
 
 Run: python -m pytest tests/test_stack.py
 """
@@ -87,3 +88,20 @@ def test_stack_over_reservation_is_a_build_error(tiny_arm_build, tmp_path):
                        match=r"worst-case stack is 3000 bytes .* over the 512-byte stack "
                              r"of board 'mps2-an500'; raise placement.stack_bytes"):
         build_module.check_stack(small, {"stack": bound})
+
+
+@pytest.mark.parametrize("board_name", ["host", "mps2-an500"])
+def test_warning_fails_the_build(tmp_path, board_name):
+    # -Wall -Wextra -Werror apply to every source of a build, generated or hand-written.
+    import shutil
+
+    from rrgen import toolchain
+
+    if board_name != "host" and shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("arm-none-eabi-gcc missing: install gcc-arm-none-eabi")
+    source = tmp_path / "unused.c"
+    source.write_text("int rr_unused_parameter(int value) { return 0; }\n")
+    board = load_board(board_name)
+    with pytest.raises(toolchain.ToolchainError, match="unused parameter"):
+        toolchain.compile_and_link(board, [source], [toolchain.FIRMWARE_INCLUDE_DIR],
+                                   tmp_path / "out", "firmware")
