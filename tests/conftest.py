@@ -54,6 +54,17 @@ def tiny_host_build(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_arm_build(tiny_checkpoint, tmp_path_factory):
+    """Folder of an mps2-an500 build (INT8) of the tiny model; skips without the cross compiler."""
+    import shutil
+
+    if shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("arm-none-eabi-gcc missing: install gcc-arm-none-eabi")
+    out = tmp_path_factory.mktemp("build") / "mps2-int8"
+    return build(tiny_checkpoint, "mps2-an500", 8, out, calibration_puzzles=8).out_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """The seeded tiny TRM of make_tiny_model(); tests that change it work on a copy."""
     return make_tiny_model()

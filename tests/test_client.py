@@ -82,8 +82,85 @@ def test_error_reply_raises_device_error():
 
 def test_missing_reply_raises_timeout_naming_request():
     port = ScriptedPort()
-    with pytest.raises(RequestTimeout, match=r"no reply to INFO request \(id 1\) within 0.2 s"):
-        Client(port, timeout=0.2).info()
+    with pytest.raises(RequestTimeout, match=r"no reply to INFO request \(id 1\) after 1 "
+                                             r"attempt: timed out after 0.2 s"):
+        Client(port, timeout=0.2, retries=0).info()
+
+
+def test_lost_reply_is_retried_with_same_id():
+    port = ScriptedPort()
+    answers = iter([b"", None])
+
+    def answer(request_id):
+        reply = next(answers)
+        return protocol.encode_message(INFO, request_id) if reply is None else reply
+
+    port.answer = answer
+    assert Client(port, timeout=0.3, retries=1).info() == INFO
+    assert len(port.written) == 2
+    assert port.written[0] == port.written[1]
+
+
+def test_every_attempt_lost_names_the_attempts():
+    port = ScriptedPort()
+    with pytest.raises(RequestTimeout, match=r"INFO request \(id 1\) after 3 attempts"):
+        Client(port, timeout=0.2, retries=2).info()
+    assert len(port.written) == 3
+
+
+def test_corrupt_frame_error_triggers_resend():
+    port = ScriptedPort()
+    corrupt = protocol.encode_message(Error(protocol.ERR_BAD_CRC, 9, "CRC-32 mismatch"),
+                                      protocol.UNTRUSTED_ID)
+    answers = iter([corrupt, None])
+
+    def answer(request_id):
+        reply = next(answers)
+        return protocol.encode_message(INFO, request_id) if reply is None else reply
+
+    port.answer = answer
+    assert Client(port, timeout=1.0, retries=1).info() == INFO
+    assert len(port.written) == 2
+
+
+def test_late_duplicate_reply_is_skipped():
+    # The first attempt's reply arrives after the resend, so two replies carry id 1; the
+    # second one must not be taken as the reply to request 2.
+    port = ScriptedPort()
+    result = SolveResult(1, False, 10, 0, bytes(81))
+    answers = iter(["late", "dup", "normal"])
+
+    def answer(request_id):
+        kind = next(answers)
+        if kind == "late":
+            return b""
+        reply = protocol.encode_message(result, request_id)
+        if kind == "dup":
+            return reply + reply
+        return reply
+
+    port.answer = answer
+    client = Client(port, timeout=0.3, retries=1)
+    first, _ = client.solve(bytes(81))
+    second, _ = client.solve(bytes(81))
+    assert first == result
+    assert second == result
+    ids = [protocol.unpack_packet(protocol.cobs_decode(w[:-1])).request_id
+           for w in port.written]
+    assert ids == [1, 1, 2]
+
+
+def test_ready_during_request_triggers_resend():
+    port = ScriptedPort()
+    answers = iter([protocol.encode_message(Ready(1, "scripted"), 0), None])
+
+    def answer(request_id):
+        reply = next(answers)
+        return protocol.encode_message(INFO, request_id) if reply is None else reply
+
+    port.answer = answer
+    assert Client(port, timeout=1.0, retries=1).info() == INFO
+    assert len(port.written) == 2
 
 
 def test_request_ids_skip_untrusted_id():

@@ -201,6 +201,9 @@ def make_report(qm: QModel, layout: plan.ArenaLayout, board, linked: dict, files
         "scales": {k: v for k, v in qm.scales.items() if isinstance(v, float)},
         "generated_files": sorted(files),
     }
+    if linked.get("stack") is not None:
+        report["stack"] = {**linked["stack"].report(),
+                           "reserved_bytes": board.placement.stack_bytes}
     if precision is not None:
         report["precision"] = precision
     return report
@@ -466,12 +469,30 @@ def _link(board, qm: QModel, files: dict[str, str | bytes], folder: Path) -> dic
             all_int4 = set(qm.layer_bits().values()) == {4}
             raise _fit_error(board, text, all_int4) from None
         raise
+    check_stack(board, linked)
     return linked
 
 
 def flash_used(board, linked: dict) -> int:
     """Bytes of flash the linked firmware uses: its code region plus its external region."""
     return sum(linked["regions"][region.name] for region in board.flash_regions)
+
+
+def check_stack(board, linked: dict) -> None:
+    """Raise BuildError when the worst-case stack exceeds the board's stack reservation.
+
+    The linker script already keeps the data, the arena and every other section below the
+    reservation, so this check completes the RAM budget.
+    """
+    bound = linked.get("stack")
+    if bound is None or board.placement is None:
+        return
+    if bound.bytes > board.placement.stack_bytes:
+        raise BuildError(f"the worst-case stack is {bound.bytes} bytes (deepest chain "
+                         f"{' -> '.join(bound.main_chain)}), over the "
+                         f"{board.placement.stack_bytes}-byte stack of board {board.name!r}; "
+                         f"raise placement.stack_bytes in boards/{board.name}.toml or reduce "
+                         "the deepest frames")
 
 
 def check_flash_budget(board, qm: QModel, linked: dict, flash_budget: int | None) -> None:
@@ -530,8 +551,12 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
 
     with stage("calibrate"):
         tokens, ids = calibrate.calibration_data(model.config, calibration_puzzles)
-        graph, stats = quantize.calibrate_model(model, calibration_tokens=tokens,
-                                                calibration_ids=ids, mac_budget=calibration_macs)
+        try:
+            graph, stats = quantize.calibrate_model(model, calibration_tokens=tokens,
+                                                    calibration_ids=ids,
+                                                    mac_budget=calibration_macs)
+        except calibrate.CalibrationError as err:
+            raise BuildError(f"model {str(model_path)!r}: {err}") from None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

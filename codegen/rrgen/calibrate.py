@@ -39,6 +39,10 @@ ROW_CHUNK = 1024
 CALIBRATION_THREADS = 1
 
 
+class CalibrationError(ValueError):
+    """A calibration run whose float activations are not finite."""
+
+
 @dataclass
 class Stats:
     """Largest |value| per key, and sampled input rows per linear layer."""
@@ -55,8 +59,9 @@ class Stats:
         low, high = torch.aminmax(tensor.detach())
         value = max(-float(low), float(high))
         if not np.isfinite(value):
-            raise ValueError(f"calibration produced NaN or Inf at {key}; the model or the "
-                             "calibration puzzles are invalid")
+            raise CalibrationError(f"calibration produced NaN or Inf at {key}, so the float "
+                                   "activations overflow; check the checkpoint for very large "
+                                   "weights or use an earlier checkpoint")
         self.maxabs[key] = max(self.maxabs[key], value)
 
     def sample_rows(self, key, tensor: torch.Tensor) -> None:

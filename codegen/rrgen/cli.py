@@ -138,6 +138,9 @@ def cmd_build(args) -> int:
         print(f"  {region['name']:10s} {region['used_bytes']:9d} of {region['length_bytes']:9d} bytes")
     if r.get("ram"):
         print(f"  RAM (.data + .bss + .arena + .stack) {r['ram']['bytes']} bytes")
+    if "stack" in r:
+        print(f"  stack bound {r['stack']['bound_bytes']} of {r['stack']['reserved_bytes']} "
+              "bytes reserved (deepest call chain plus exception handlers)")
     a = r["arena"]
     where = ", ".join(f"{arr['region']} {arr['bytes']}" for arr in a["arrays"] if arr["region"])
     print(f"  arena {a['bytes']} bytes{' (' + where + ')' if where else ''}, lower bound "

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 
+# ERROR codes of a frame whose request id could not be trusted: resending may succeed.
+CORRUPT_FRAME_CODES = (protocol.ERR_BAD_CRC, protocol.ERR_TOO_SHORT, protocol.ERR_TOO_LONG,
+                       protocol.ERR_INVALID_COBS)
+
+
+def plural_attempts(count: int) -> str:
+    return f"{count} attempt{'' if count == 1 else 's'}"
+
 
 class RequestTimeout(TimeoutError):
     """No complete reply arrived in time; the message names the request."""
@@ -108,9 +116,10 @@ class ProcessPort:
 class Client:
     """Sends requests and collects replies; one request at a time."""
 
-    def __init__(self, port, timeout: float = 10.0):
+    def __init__(self, port, timeout: float = 10.0, retries: int = 2):
         self.port = port
         self.timeout = timeout
+        self.retries = retries
         self._buffer = bytearray()
         self._next_id = 1
         # Reads wait at most this long, so deadlines are kept to within about 0.1 s.
@@ -181,28 +190,55 @@ class Client:
                 timeout: float | None = None) -> tuple[object, list[Trace]]:
         """Send one request and return (reply, TRACE packets received before it).
 
-        Raises DeviceError for an ERROR reply with this request's id (or the untrusted id
-        0xFFFF), RequestTimeout if the reply is not complete in time, ProtocolError for a
-        corrupt reply. Replies to other request ids are logged and skipped.
+        Each attempt waits `timeout` seconds. When it times out, or the device reports that
+        a frame arrived corrupted (an ERROR with the untrusted id 0xFFFF and code bad CRC,
+        packet too short, packet too long or invalid COBS), the same frame with the same
+        request id is sent again, up to `retries` more times. Replies to other request
+        ids, such as a late duplicate of an earlier attempt's reply, are logged and skipped.
+
+        Raises DeviceError for an ERROR reply with this request's id (or a processor fault
+        report), RequestTimeout when every attempt timed out or was corrupted, and
+        ProtocolError for a corrupt reply.
         """
         request_id = self._new_id()
         label = f"{name} request (id {request_id})"
         limit = self.timeout if timeout is None else timeout
-        self.port.write(protocol.encode_frame(protocol.pack_packet(packet_type, request_id,
-                                                                   body)))
+        frame = protocol.encode_frame(protocol.pack_packet(packet_type, request_id, body))
+        attempts = 1 + max(0, self.retries)
+        failures = []
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                log.warning("resending %s, attempt %d of %d, after %s", label, attempt,
+                            attempts, failures[-1])
+            self.port.write(frame)
+            outcome, traces = self._await_reply(request_id, label, limit)
+            if not isinstance(outcome, str):
+                return outcome, traces
+            failures.append(outcome)
+        raise RequestTimeout(f"no reply to {label} after {plural_attempts(attempts)}: "
+                             f"{'; '.join(failures)}")
+
+    def _await_reply(self, request_id: int, label: str,
+                     limit: float) -> tuple[object | str, list[Trace]]:
+        """Read until the reply to request_id; a string return says why to resend."""
         deadline = time.monotonic() + limit
         traces: list[Trace] = []
         while True:
             packet = self.read_packet(max(0.0, deadline - time.monotonic()))
             if packet is None:
-                raise RequestTimeout(f"no reply to {label} within {limit} s "
-                                     f"({len(traces)} TRACE packets received)")
+                return (f"timed out after {limit} s ({len(traces)} TRACE packets received)",
+                        traces)
+            if packet.type == protocol.READY:
+                # The board restarted: the request was lost with the old state.
+                return "the device restarted (READY frame)", traces
             if packet.request_id not in (request_id, protocol.UNTRUSTED_ID):
                 log.warning("skipping %s for request id %d while waiting for %s",
                             packet.type_name, packet.request_id, label)
                 continue
             reply = protocol.parse_reply(packet)
             if isinstance(reply, Error):
+                if packet.request_id == protocol.UNTRUSTED_ID and reply.code in CORRUPT_FRAME_CODES:
+                    return f"the device received a corrupt frame ({reply.code_name})", traces
                 raise DeviceError(label, reply)
             if isinstance(reply, Trace):
                 traces.append(reply)

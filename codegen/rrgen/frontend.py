@@ -22,7 +22,35 @@ def load_model(spec: str | Path | None, public_config: str | Path | None = None,
     """Load the model named by a `--model` value; None is the shipped default.
 
     task is used only by public checkpoints, whose vocabulary may not name the task.
+    Raises CheckpointError when the model's vocabulary or sequence length does not fit
+    the task its config names.
     """
+    model = _load(spec, public_config, task)
+    check_task_shape(model)
+    return model
+
+
+def check_task_shape(model: TRM) -> None:
+    """Raise CheckpointError when vocab_size or seq_len differs from the model's task."""
+    from . import tasks
+
+    cfg = model.config
+    where = f"model {str(getattr(model, 'source_path', 'in memory'))!r}"
+    try:
+        task = tasks.get_task(cfg.task, cfg.seq_len if cfg.task == "maze" else None)
+    except ValueError as err:
+        raise checkpoint.CheckpointError(f"{where}: {err}") from None
+    if cfg.seq_len != task.seq_len:
+        raise checkpoint.CheckpointError(
+            f"{where} has seq_len {cfg.seq_len}, but task {cfg.task!r} uses {task.seq_len} "
+            f"positions; pass a model trained for {cfg.task}")
+    if cfg.vocab_size != task.vocab_size:
+        raise checkpoint.CheckpointError(
+            f"{where} has vocab_size {cfg.vocab_size}, but task {cfg.task!r} uses "
+            f"{task.vocab_size} tokens; pass a model trained for {cfg.task}")
+
+
+def _load(spec, public_config, task) -> TRM:
     if spec is not None and str(spec) in zoo.ZOO:
         path = zoo.checkpoint_path(str(spec))
         if not path.is_file():

@@ -9,10 +9,12 @@ generated model; the tests call it with a test fixture in place of the model.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from . import stack
 from .boards import REPO_ROOT, Board, render_linker_script
 
 log = logging.getLogger(__name__)
@@ -21,12 +23,28 @@ FIRMWARE_DIR = REPO_ROOT / "firmware"
 FIRMWARE_INCLUDE_DIR = FIRMWARE_DIR / "include"
 
 COMMON_CFLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-O2")
-ARM_CFLAGS = ("-ffunction-sections", "-fdata-sections")
+# -fstack-usage and -fcallgraph-info=su write the frame sizes and calls that stack.py sums.
+ARM_CFLAGS = ("-ffunction-sections", "-fdata-sections", "-fstack-usage",
+              "-fcallgraph-info=su")
 ARM_LDFLAGS = ("--specs=nano.specs", "--specs=nosys.specs", "-nostartfiles",
                "-Wl,--gc-sections")
 # Sections that `size -A` lists but that occupy no target memory.
 NON_ALLOCATED_PREFIXES = (".debug", ".comment", ".ARM.attributes", ".stab", ".line")
 ARM_PACKAGES = "gcc-arm-none-eabi, binutils-arm-none-eabi and libnewlib-arm-none-eabi"
+# Host builds add these when the environment sets RRGEN_SANITIZE=1: any AddressSanitizer
+# or UndefinedBehaviorSanitizer report then ends the program with a non-zero status.
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-g")
+SANITIZE_VARIABLE = "RRGEN_SANITIZE"
+
+
+def host_sanitize_flags() -> list[str]:
+    """Return SANITIZE_FLAGS when RRGEN_SANITIZE is 1, else none; reject other values."""
+    value = os.environ.get(SANITIZE_VARIABLE, "0")
+    if value not in ("0", "1", ""):
+        raise ToolchainError(f"{SANITIZE_VARIABLE}={value!r} is invalid; set it to 1 to build "
+                             "the host programs with sanitizers, or 0")
+    return list(SANITIZE_FLAGS) if value == "1" else []
 
 
 class ToolchainError(RuntimeError):
@@ -118,7 +136,8 @@ def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path]
 
     Returns {"elf": Path, "bin": Path | None, "external_bin": Path | None, "map": Path | None,
              "linker_script": Path | None, "sections": {name: {"size", "address"}},
-             "regions": {region name: bytes used}}; the host entries are None or empty.
+             "regions": {region name: bytes used}, "stack": stack.StackBound | None};
+    the host entries are None or empty.
     Raises ToolchainError when a tool is missing or a step fails.
     """
     out_dir = Path(out_dir)
@@ -167,15 +186,22 @@ def compile_and_link(board: Board, sources: list[Path], include_dirs: list[Path]
     for region in board.memory:
         log.info("board %s, region %s: %d of %d bytes used", board.name, region.name,
                  regions[region.name], region.length)
+    readelf = find_tool("arm-none-eabi-readelf", ARM_PACKAGES)
+    relocations = _run([readelf, "-rW", *map(str, objects)], "readelf of the objects")
+    bound = stack.stack_bound(stack.read_callgraph(sorted(object_dir.glob("*.ci"))),
+                              stack.address_taken(relocations))
+    log.info("board %s: worst-case stack %d bytes", board.name, bound.bytes)
     return {"elf": elf, "bin": binary, "external_bin": external_binary, "map": map_file,
-            "linker_script": script, "sections": sections, "regions": regions}
+            "linker_script": script,
+            "sections": sections, "regions": regions, "stack": bound}
 
 
 def _build_host(board: Board, sources: list[Path], flags: list[str], out_dir: Path,
                 name: str) -> dict:
     gcc = find_tool("gcc", "gcc")
     executable = out_dir / name
-    _run([gcc, *board.cflags, *COMMON_CFLAGS, *flags, *map(str, sources), "-o",
-          str(executable)], f"building {name} for the host")
+    _run([gcc, *board.cflags, *COMMON_CFLAGS, *flags, *host_sanitize_flags(),
+          *map(str, sources), "-o", str(executable)], f"building {name} for the host")
     return {"elf": executable, "bin": None, "external_bin": None, "map": None,
-            "linker_script": None, "sections": {}, "regions": {}}
+            "linker_script": None,
+            "sections": {}, "regions": {}, "stack": None}
