@@ -23,7 +23,7 @@ With --count-instructions (count_instructions=True), after the link icount.py ti
 linear layer of the block and the two heads, with the layer's shape and the board's kernel
 variant, in one QEMU run under -icount on the board's QEMU machine (mps2-an500 for
 stm32h7), and report.json ("instructions") and report.md list the instructions per call,
-per MAC and per supervision step. The host board is refused.
+per MAC and per supervision step. The host board is rejected.
 
 With `rrgen -v`, each stage (load, calibrate, quantize, plan+emit, compile+link, finish)
 logs one line "stage NAME: S s, peak RSS M MiB": its wall time, and the peak resident

@@ -11,11 +11,11 @@ instruction advances QEMU's virtual clock by 1 ns, and SysTick counts that clock
 core clock of the machine, so instructions = ticks x 1e9 / clock, to within one tick.
 A loop of known length (2 n + 1 instructions) checks this conversion in the same run.
 
-measure_model times each block linear layer and the two heads of a quantized model with
-the layer's shape (rows, in_features, out_features, weight bits, bias, int8 or int16
-output) on seeded random data, with the board's kernel variant only, on the board's QEMU
-machine or, for a board QEMU does not emulate, on the machine with the same core (the
-"twin": mps2-an500 for a Cortex-M7). Small layers are repeated so that one SysTick tick
+measure_model times each block linear layer and the two heads of a quantized model, with
+the board's kernel variant only, on seeded random data of the layer's shape (rows,
+in_features, out_features, weight bits, bias, int8 or int16 output). It runs on the
+board's QEMU machine. A board that QEMU does not emulate runs on the machine with the same
+core (the "twin": mps2-an500 for a Cortex-M7). Small layers are repeated so that one SysTick tick
 is a small part of the count. The counts are of the kernel call alone, not cycles: QEMU
 counts each instruction once, whatever it costs on the core.
 """
@@ -27,6 +27,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import calibrate
 from .emit import REPO_ROOT, environment
 
 BENCH_DIR = REPO_ROOT / "firmware" / "bench"
@@ -40,7 +41,7 @@ MAX_IN_BYTES = 97 * 1536
 MAX_WEIGHT_BYTES = 1536 * 512
 MAX_OUT_BYTES = 97 * 1536
 MAX_CHANNELS = 1536
-# A small layer is repeated until its repeats hold about this many MACs.
+# A small layer is timed over REPEAT_MACS // MACs calls (at most MAX_REPEATS).
 REPEAT_MACS = 1_000_000
 MAX_REPEATS = 1000
 
@@ -211,7 +212,7 @@ def parse_lines(text: str, cpu: Cpu) -> dict:
 # ---------------------------------------------------------------------------------------
 
 def twin_cpu(board) -> Cpu:
-    """The QEMU CPU entry that runs board's kernels; GuestError names the fix if none."""
+    """Return the QEMU CPU entry that runs board's kernels; raise GuestError if none does."""
     if board.is_host:
         raise GuestError(f"--count-instructions needs an Arm board that QEMU emulates; board "
                          f"{board.name!r} builds for the host CPU, so pass --board mps2-an500, "
@@ -226,9 +227,7 @@ def twin_cpu(board) -> Cpu:
 
 
 def model_layers(qm) -> list[dict]:
-    """Every block linear and the two heads: name, shape, calls per supervision step."""
-    from . import calibrate   # imports torch; only a build with the flag needs this
-
+    """List every block linear and the two heads: name, shape, calls per supervision step."""
     cfg = qm.config
     z_blocks, y_blocks = calibrate.net_layers(cfg)
     calls = [0] * len(qm.blocks)
@@ -310,7 +309,7 @@ def measure_model(qm, board, work: Path, timeout: float = 300) -> dict:
 
 
 def markdown(ic: dict) -> list[str]:
-    """The "Instructions per layer" section of report.md."""
+    """Format the "Instructions per linear layer" section of report.md."""
     where = ic["qemu_machine"] + (f", the QEMU twin of {ic['twin_of']}" if ic["twin_of"] else "")
     lines = ["## Instructions per linear layer (QEMU, kernel alone, not cycles)", "",
              f"Measured with `--count-instructions` on QEMU {where} ({ic['cpu']}, "
