@@ -17,21 +17,20 @@ activations: 512 x 97 -> 256 and 512 x 256 -> 97.
 Usage:
     python tools/bench_kernels.py [--cpu m7 m55] [--bits 8 4] [--json FILE]
 
-Also the library of tests/test_kernel_variants.py: build_image() and run_image() build and
-run the kernel test image (firmware/bench/kernel_test.c), reference_outputs() recomputes
-its cases with codegen/rrgen/reference.py.
+The image builder and runner are in codegen/rrgen/icount.py, which `build
+--count-instructions` also uses. This file is also the library of
+tests/test_kernel_variants.py: it re-exports build_image() and run_image(), which build and
+run the kernel test image (firmware/bench/kernel_test.c), and reference_outputs()
+recomputes its cases with codegen/rrgen/reference.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,135 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "codegen"))
 
 from rrgen import reference  # noqa: E402
-from rrgen.emit import environment  # noqa: E402
-from rrgen.quantize import QLinear, pack_int4  # noqa: E402
-
-BENCH_DIR = REPO / "firmware" / "bench"
-INCLUDE_DIR = REPO / "firmware" / "include"
-# Every function that kernels.c exports: the portable copy gets a portable_ prefix.
-EXPORTED = ("rr_linear_s8", "rr_linear_s4", "rr_linear_s8_s16", "rr_glu_s8",
-            "rr_add_rmsnorm_s8", "rr_add_s8", "rr_transpose_s8", "rr_argmax_s16")
-MAX_FEATURES = 1536       # RR_MAX_FEATURES and RR_VARIANT_MAX_IN of the images
-
-
-@dataclass(frozen=True)
-class Cpu:
-    name: str
-    machine: str          # QEMU -M
-    cflags: tuple[str, ...]
-    variant: str          # kernel variant of kernels.c.j2
-    clock_hz: int         # SysTick clock = core clock of the QEMU machine
-    floor: float          # instructions per MAC of the widest multiply-accumulate
-    targets: dict         # bits -> instructions per MAC to reach
-
-
-CPUS = {
-    "m7": Cpu("m7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16",
-                                   "-mfloat-abi=hard"), "dsp", 25_000_000, 0.5,
-              {8: 1.5, 4: 2.5}),
-    "m55": Cpu("m55", "mps3-an547", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
-               "mve", 32_000_000, 1 / 16, {8: 0.25, 4: 0.3}),
-}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One layer; the same fields as bench_case_t in firmware/bench/data.h."""
-
-    rows: int
-    in_features: int
-    out_features: int
-    bits: int
-    has_bias: int = 1
-    shift_lo: int = -12
-    shift_hi: int = -9
-
-    @property
-    def macs(self) -> int:
-        return self.rows * self.in_features * self.out_features
-
-    @property
-    def label(self) -> str:
-        return f"{self.rows}x{self.in_features}->{self.out_features}"
-
+from rrgen.icount import (CPUS, Case, Cpu, GuestError, build_image,  # noqa: E402,F401
+                          parse_lines, render_kernels, run_image)
+from rrgen.quantize import QLinear  # noqa: E402
 
 FULL_SIZE_LAYERS = ((97, 512, 1536), (97, 1536, 512), (512, 97, 256), (512, 256, 97))
-
-
-class GuestError(RuntimeError):
-    """A build or a QEMU run of a test or benchmark image that failed."""
-
-
-def find(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise GuestError(f"{tool} not found on PATH; install the Debian package {package}")
-    return path
-
-
-def cases_header(cases: list[Case]) -> str:
-    rows = ",\n".join(f"    {{ {c.rows}, {c.in_features}, {c.out_features}, {c.bits}, "
-                      f"{c.has_bias}, {c.shift_lo}, {c.shift_hi} }}" for c in cases)
-    return ("/* Written by tools/bench_kernels.py. */\n"
-            f"static const bench_case_t cases[] = {{\n{rows}\n}};\n")
-
-
-def render_kernels(variant: str) -> str:
-    return environment().get_template("kernels.c.j2").render(
-        banner=f"/* rendered by tools/bench_kernels.py, variant {variant} */",
-        linear_kinds=["s4", "s8"], max_features=MAX_FEATURES, has_attention=False,
-        kernel_variant=variant, max_in_features=MAX_FEATURES)
-
-
-def build_image(cpu: Cpu, program: str, cases: list[Case], out_dir: Path) -> Path:
-    """Compile and link firmware/bench/<program>.c for cpu; return the ELF path."""
-    gcc = find("arm-none-eabi-gcc", "gcc-arm-none-eabi")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "cases.h").write_text(cases_header(cases))
-    (out_dir / "kernels_portable.c").write_text(render_kernels("portable"))
-    (out_dir / "kernels_variant.c").write_text(render_kernels(cpu.variant))
-    common = [*cpu.cflags, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
-              "-ffunction-sections", "-fdata-sections",
-              f"-I{out_dir}", f"-I{BENCH_DIR}", f"-I{INCLUDE_DIR}"]
-    # startup.c defines memcpy and memset: -ffreestanding keeps GCC from calling them there.
-    units = [(BENCH_DIR / "startup.c", ["-ffreestanding"]), (BENCH_DIR / f"{program}.c", []),
-             (out_dir / "kernels_variant.c", []),
-             (out_dir / "kernels_portable.c", [f"-D{name}=portable_{name}" for name in EXPORTED])]
-    if program == "bench_main":
-        units.append((BENCH_DIR / "naive.c", []))
-    objects = []
-    for source, extra in units:
-        obj = out_dir / (source.stem + ".o")
-        run_tool([gcc, *common, *extra, "-c", str(source), "-o", str(obj)], f"compiling {source.name}")
-        objects.append(str(obj))
-    elf = out_dir / f"{program}-{cpu.name}.elf"
-    run_tool([gcc, *cpu.cflags, "-nostdlib", "-nostartfiles", "-Wl,--gc-sections",
-              f"-L{BENCH_DIR}", f"-T{BENCH_DIR / (cpu.machine + '.ld')}", *objects, "-lgcc",
-              "-o", str(elf)], "linking")
-    return elf
-
-
-def run_tool(command: list[str], step: str) -> None:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise GuestError(f"{step} failed:\n$ {' '.join(command)}\n{result.stdout}{result.stderr}")
-
-
-def run_image(cpu: Cpu, elf: Path, cwd: Path, timeout: float = 600) -> str:
-    """Run elf under QEMU with -icount shift=0 and semihosting; return its output."""
-    qemu = find("qemu-system-arm", "qemu-system-arm")
-    command = [qemu, "-M", cpu.machine, "-nographic", "-monitor", "none", "-serial", "none",
-               "-icount", "shift=0", "-semihosting-config", "enable=on,target=native",
-               "-kernel", str(elf)]
-    try:
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=cwd, timeout=timeout)
-    except subprocess.TimeoutExpired as error:
-        raise GuestError(f"{elf.name} on {cpu.machine} did not finish in {timeout} s") from error
-    if result.returncode != 0 or "DONE" not in result.stdout:
-        raise GuestError(f"{elf.name} on {cpu.machine} exited with {result.returncode}:\n"
-                         f"{result.stdout}")
-    return result.stdout
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,21 +106,8 @@ def bench_seed(index: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 def parse_bench(text: str, cpu: Cpu, cases: list[Case]) -> dict:
-    ns_per_tick = 1e9 / cpu.clock_hz
-    calibration, runs, empty = [], {}, 0
-    for line in text.splitlines():
-        fields = line.split()
-        if fields[:1] == ["CAL"]:
-            iterations, ticks = int(fields[1]), int(fields[2])
-            expected = 2 * iterations + 1
-            calibration.append({"iterations": iterations, "expected_instructions": expected,
-                                "measured_instructions": ticks * ns_per_tick,
-                                "ratio": ticks * ns_per_tick / expected})
-        elif fields[:1] == ["EMPTY"]:
-            empty = int(fields[1]) * ns_per_tick
-        elif fields[:1] == ["RUN"]:
-            index, kernel, ticks, same = map(int, fields[1:5])
-            runs[(index, kernel)] = (ticks * ns_per_tick, same == 1)
+    parsed = parse_lines(text, cpu)
+    calibration, runs, empty = parsed["calibration"], parsed["runs"], parsed["empty"]
     layers = []
     for index, case in enumerate(cases):
         entry = {"layer": case.label, "bits": case.bits, "macs": case.macs,

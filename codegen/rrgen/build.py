@@ -11,12 +11,19 @@ Output folder contents:
   firmware        (host) the protocol over stdin/stdout; batch, the bulk runner
   report.json     flash and RAM by section, arena, MACs, quantization errors, per-layer
                   weight bits (with --bits auto also sensitivities, budget and fidelity)
+                  (with --count-instructions also measured instructions per linear layer)
   report.md       the same for people
   qmodel.npz      the integer model, for run --check (numpy arrays, no pickle)
   build.json      the board, the checkpoint, the weight bits per layer and the model id
 
 With --bits auto, budget.py measures the flash left for block weights, and precision.py
 chooses INT4 or INT8 for each block linear. The final link is checked against the budget.
+
+With --count-instructions (count_instructions=True), after the link icount.py times every
+linear layer of the block and the two heads, with the layer's shape and the board's kernel
+variant, in one QEMU run under -icount on the board's QEMU machine (mps2-an500 for
+stm32h7), and report.json ("instructions") and report.md list the instructions per call,
+per MAC and per supervision step. The host board is rejected.
 
 With `rrgen -v`, each stage (load, calibrate, quantize, plan+emit, compile+link, finish)
 logs one line "stage NAME: S s, peak RSS M MiB": its wall time, and the peak resident
@@ -42,8 +49,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import (__version__, blob, boards, budget, calibrate, emit, frontend, hostrun, plan,
-               quantize, toolchain)
+from . import (__version__, blob, boards, budget, calibrate, emit, frontend, hostrun, icount,
+               plan, quantize, toolchain)
 from .precision import precision_table
 from .quantize import QModel
 
@@ -286,8 +293,10 @@ def report_markdown(report: dict, command: str) -> str:
         lines.append(f"| {name} | {macs} |")
     m = report["macs"]
     lines += ["", f"{m['block_calls_per_step']} block calls per step, heads {m['heads']}: "
-              f"**{m['total']} MACs per supervision step**.", "",
-              "## Quantization error (relative Frobenius norm per weight)", "",
+              f"**{m['total']} MACs per supervision step**.", ""]
+    if "instructions" in report:
+        lines += [*icount.markdown(report["instructions"]), ""]
+    lines += ["## Quantization error (relative Frobenius norm per weight)", "",
               "| weight | error |", "|---|---|"]
     for name, err in report["quantization_error"].items():
         lines.append(f"| {name} | {err:.4f} |")
@@ -518,7 +527,8 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
           flash_budget: int | None = None,
           layer_bits: dict[str, int] | None = None,
           external_flash_bytes: int | None = None,
-          calibration_macs: float | None = calibrate.CALIBRATION_MAC_BUDGET) -> BuildResult:
+          calibration_macs: float | None = calibrate.CALIBRATION_MAC_BUDGET,
+          count_instructions: bool = False) -> BuildResult:
     """Quantize, emit, compile, link and report into out_dir; see the module docstring.
 
     bits: 4, 8 or "auto" (each block linear INT4 or INT8, chosen by precision.py to fit
@@ -528,7 +538,8 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
     external_flash_bytes sets the length of the board's external flash region (the board
     file's length by default, at most its max_length).
     calibration_macs caps the float calibration (calibrate.plan_calibration); 0 or None
-    calibrates on every puzzle and supervision step.
+    calibrates on every puzzle and supervision step. count_instructions measures the
+    linear layers' instructions under QEMU (see the module docstring).
     """
     board = boards.load_board(board_name)
     if external_flash_bytes is not None:
@@ -537,6 +548,11 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
         except ValueError as err:
             raise BuildError(str(err)) from None
     check_build_options(board, bits, flash_budget, layer_bits)
+    if count_instructions:
+        try:
+            icount.twin_cpu(board)
+        except icount.GuestError as err:
+            raise BuildError(str(err)) from None
     if calibration_puzzles < 1:
         raise BuildError(f"--calibration {calibration_puzzles} is invalid; use 1 or more puzzles")
     check_out_dir(Path(out_dir))
@@ -587,6 +603,14 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
         with stage("compile+link"):
             linked = link_firmware(board, qm, files, staging)
         check_flash_budget(board, qm, linked, flash_budget)
+        measured = None
+        if count_instructions:
+            with stage("count-instructions"):
+                try:
+                    measured = icount.measure_model(qm, board, staging / "icount")
+                except icount.GuestError as err:
+                    raise BuildError(str(err)) from None
+                shutil.rmtree(staging / "icount", ignore_errors=True)
 
         with stage("finish"):
             quantize.save_qmodel(qm, staging / "qmodel.npz")
@@ -595,6 +619,8 @@ def build(model_path: str | Path | None, board_name: str, bits: int | str, out_d
             report["calibration"] = {"puzzles_asked": calibration_puzzles,
                                      "puzzles": stats.puzzles, "steps": stats.steps,
                                      "mac_budget": calibration_macs}
+            if measured is not None:
+                report["instructions"] = measured
             report_text = json.dumps(report, indent=2, sort_keys=True) + "\n"
             (staging / "report.json").write_text(report_text)
             (staging / "report.md").write_text(report_markdown(report, command))

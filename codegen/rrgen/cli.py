@@ -129,7 +129,8 @@ def cmd_build(args) -> int:
     kwargs = {} if macs is None else {"calibration_macs": macs}
     result = build(args.model, args.board, bits, out, args.calibration,
                    public_config=args.public_config, task=args.task, flash_budget=flash_budget,
-                   external_flash_bytes=external, **kwargs)
+                   external_flash_bytes=external, count_instructions=args.count_instructions,
+                   **kwargs)
     r = result.report
     print(f"built {r['board']} {r['weight_precision']} model {r['model_id']} in {out}/")
     if "precision" in r:
@@ -146,6 +147,11 @@ def cmd_build(args) -> int:
     print(f"  arena {a['bytes']} bytes{' (' + where + ')' if where else ''}, lower bound "
           f"{a['lower_bound_bytes']}, greedy by size {a['greedy_by_size_bytes']}, without reuse "
           f"{a['no_reuse_bytes']}; {r['macs']['total']} MACs per supervision step")
+    if "instructions" in r:
+        ic = r["instructions"]
+        print(f"  linear layers: {ic['total_per_step']} instructions per supervision step "
+              f"({ic['total_per_mac']:.3f} per MAC), QEMU {ic['qemu_machine']} -icount, "
+              "kernels alone, not cycles")
     firmware = "firmware (host executable)" if args.board == "host" else "firmware.elf, firmware.bin"
     print(f"  {firmware}, src/, report.md, report.json")
     return 0
@@ -511,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on the multiply-accumulates of the float calibration run; a "
                    "larger model calibrates on fewer puzzles (then steps) to stay under it. "
                    "Default 256e9 (about 8 s on one core); 0 for no cap")
+    p.add_argument("--count-instructions", action="store_true",
+                   help="after linking, time each linear layer's kernel with its shape in one "
+                   "QEMU -icount run and add instructions per call, per MAC and per "
+                   "supervision step to report.md and report.json (Arm boards; stm32h7 runs "
+                   "on mps2-an500, its QEMU twin)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("flash", help="program a build into a real board through pyocd")

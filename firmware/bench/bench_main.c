@@ -5,7 +5,10 @@
  *   CAL <loop iterations> <ticks>          a calibration loop of 2 * iterations + 1 instructions
  *   RUN <case> <kernel> <ticks> <same>     kernel 0 naive, 1 portable, 2 variant; same = 1
  *                                          when the output equals the naive one
- * tools/bench_kernels.py turns ticks into instructions (-icount shift=0: 1 ns each).
+ * With BENCH_FIRST_KERNEL 2 (cases.h of build --count-instructions) only the variant runs,
+ * including rr_linear_s8_s16 for cases with out16, and <same> is "-". A case's ticks cover
+ * `repeats` calls per chunk of rows.
+ * codegen/rrgen/icount.py turns ticks into instructions (-icount shift=0: 1 ns each).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -75,12 +78,17 @@ static uint64_t timed(int kernel, const bench_case_t *c, const rr_linear_t *p, i
         const int8_t *x = in + (size_t)r * (size_t)c->in_features;
         int8_t *y = dst + (size_t)r * (size_t)c->out_features;
         const uint32_t start = bench_ticks();
-        if (kernel == 0) {
-            (c->bits == 8 ? naive_linear_s8 : naive_linear_s4)(p, x, rows, y);
-        } else if (kernel == 1) {
-            (void)(c->bits == 8 ? portable_rr_linear_s8 : portable_rr_linear_s4)(p, x, rows, y);
-        } else {
-            (void)(c->bits == 8 ? rr_linear_s8 : rr_linear_s4)(p, x, rows, y);
+        for (int32_t repeat = 0; repeat < c->repeats; repeat++) {
+            if (c->out16) {
+                int16_t *wide = (int16_t *)(void *)dst + (size_t)r * (size_t)c->out_features;
+                (void)rr_linear_s8_s16(p, x, rows, wide);
+            } else if (kernel == 0) {
+                (c->bits == 8 ? naive_linear_s8 : naive_linear_s4)(p, x, rows, y);
+            } else if (kernel == 1) {
+                (void)(c->bits == 8 ? portable_rr_linear_s8 : portable_rr_linear_s4)(p, x, rows, y);
+            } else {
+                (void)(c->bits == 8 ? rr_linear_s8 : rr_linear_s4)(p, x, rows, y);
+            }
         }
         const uint32_t ticks = bench_elapsed(start, bench_ticks());
         chunk_too_long |= ticks > PERIOD_GUARD;
@@ -113,7 +121,8 @@ int main(void)
     for (int32_t i = 0; i < n_cases; i++) {
         const bench_case_t *c = &cases[i];
         const int32_t row_bytes = c->bits == 4 ? (c->in_features + 1) / 2 : c->in_features;
-        if (c->rows * c->in_features > MAX_IN_BYTES || c->rows * c->out_features > MAX_OUT_BYTES ||
+        const int32_t out_bytes = c->rows * c->out_features * (c->out16 ? 2 : 1);
+        if (c->rows * c->in_features > MAX_IN_BYTES || out_bytes > MAX_OUT_BYTES ||
             c->out_features * row_bytes > MAX_WEIGHT_BYTES || c->out_features > MAX_CHANNELS) {
             bench_print("FAIL: a layer is larger than the benchmark buffers\n");
             return 1;
@@ -122,11 +131,14 @@ int main(void)
         const rr_linear_t p = { .in_features = c->in_features, .out_features = c->out_features,
                                 .weight = weight, .bias = c->has_bias ? bias : NULL,
                                 .multiplier = multiplier, .shift = shift };
-        const int32_t out_bytes = c->rows * c->out_features;
-        for (int kernel = 0; kernel < 3; kernel++) {
+        if (c->out16 && BENCH_FIRST_KERNEL != 2) {
+            bench_print("FAIL: out16 cases need BENCH_FIRST_KERNEL 2\n");
+            return 1;
+        }
+        for (int kernel = BENCH_FIRST_KERNEL; kernel < 3; kernel++) {
             const uint64_t ticks = timed(kernel, c, &p, out[kernel]);
             int same = 1;
-            for (int32_t b = 0; b < out_bytes; b++) {
+            for (int32_t b = 0; BENCH_FIRST_KERNEL == 0 && b < out_bytes; b++) {
                 same &= out[kernel][b] == out[0][b];
             }
             all_same &= same;
@@ -135,7 +147,11 @@ int main(void)
             const char kernel_field[4] = { ' ', (char)('0' + kernel), ' ', '\0' };
             bench_print(kernel_field);
             put_u64(ticks);
-            bench_print(same ? " 1\n" : " 0\n");
+            if (BENCH_FIRST_KERNEL != 0) {
+                bench_print(" -\n");       /* outputs not compared */
+            } else {
+                bench_print(same ? " 1\n" : " 0\n");
+            }
         }
     }
     if (chunk_too_long) {

@@ -10,9 +10,13 @@
 
 #include "rr_kernels.h"
 
-/* One layer: rows x in_features -> out_features, weights of `bits` (4 or 8). */
+/*
+ * One layer: rows x in_features -> out_features, weights of `bits` (4 or 8). bench_main
+ * only: out16 = 1 times rr_linear_s8_s16 (int16 output, the heads), and each timed chunk
+ * makes `repeats` calls.
+ */
 typedef struct {
-    int32_t rows, in_features, out_features, bits, has_bias, shift_lo, shift_hi;
+    int32_t rows, in_features, out_features, bits, has_bias, shift_lo, shift_hi, out16, repeats;
 } bench_case_t;
 
 static inline uint32_t xorshift32(uint32_t *state)
