@@ -85,8 +85,10 @@ def solve_and_check(result, tokens, max_steps=0):
     return summary, "\n".join(lines)
 
 
-def test_tiny_int8_matches_reference(tiny_checkpoint, tmp_path):
-    result = build(tiny_checkpoint, BOARD, 8, tmp_path / "int8", calibration_puzzles=8)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_tiny_model_matches_reference(tiny_checkpoint, tmp_path, bits):
+    """INT8 and INT4-only builds: each links only the MVE kernels it needs."""
+    result = build(tiny_checkpoint, BOARD, bits, tmp_path / f"int{bits}", calibration_puzzles=8)
     grids, _ = sudoku.generate(2, seed=sudoku.TEST_SEED)
     summary, log = solve_and_check(result, sudoku.to_tokens(grids))
     assert summary.mismatches == [], log
