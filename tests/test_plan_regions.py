@@ -23,7 +23,7 @@ import torch
 
 from rrgen import emit, sudoku
 from rrgen.boards import BOARDS_DIR, load_board, parse_board, render_linker_script
-from rrgen.build import BuildError, link_firmware, plan_for_board
+from rrgen.build import BuildError, link_firmware, plan_for_board, ram_report
 from rrgen.config import TRMConfig
 from rrgen.model import TRM
 from rrgen.plan import PlanError, RegionSpace, plan_arena
@@ -149,6 +149,14 @@ def test_arena_arrays_land_in_their_regions(split_build):
         assert sections[arena.section]["address"] == address
         assert f'section(".arena.{arena.region}")' in split_build.source
     assert ".arena" not in sections or sections[".arena"]["size"] == 0
+
+
+@needs_arm
+def test_ram_report_counts_every_arena_array(split_build):
+    ram = ram_report(split_build.linked)
+    for arena in split_build.layout.arenas:
+        assert ram["sections"][arena.section] == arena.bytes, arena.section
+    assert ram["bytes"] >= split_build.layout.arena_bytes + split_build.board.placement.stack_bytes
 
 
 @needs_arm

@@ -233,10 +233,18 @@ def flash_report(board, linked: dict) -> dict | None:
 
 
 def ram_report(linked: dict) -> dict | None:
-    """RAM the firmware reserves: .data, .bss, the arena and the stack; None on the host."""
+    """RAM the firmware reserves: .data, .bss, the arena and the stack; None on the host.
+
+    A split arena (plan.py) adds one .arena.<region> section per region after .arena.
+    """
     if not linked["sections"]:
         return None
     sizes = {name: linked["sections"].get(name, {"size": 0})["size"] for name in RAM_SECTIONS}
+    split = {name: section["size"] for name, section in sorted(linked["sections"].items())
+             if name.startswith(".arena.")}
+    if split:
+        sizes = {**{k: v for k, v in sizes.items() if k != ".stack"}, **split,
+                 ".stack": sizes[".stack"]}
     return {"sections": sizes, "bytes": sum(sizes.values())}
 
 
