@@ -169,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         base = {r["name"]: r["used_bytes"] for r in one["flash"]["regions"]}
         growth = {name: grown[name] - base[name] for name in grown}
         table = (args.rows - 1) * args.hidden
-        external = many["flash"]["external_region"]
-        ok &= growth[external] == table
+        # The one-row model may fit in internal flash whole (build.place_arrays), so the
+        # tables move to the external region only in the large build: compare the total.
+        total = sum(growth.values())
+        in_external = "rr_puzzle_emb" in many["flash"]["external_arrays"]
+        ok &= in_external and 0 <= total - table < 64
         print(f"RAM identical: {'yes' if same_ram else 'NO'}; flash growth per region "
-              f"{growth}; table growth {table} bytes")
+              f"{growth}, {total} in all; table growth {table} bytes; large table in "
+              f"{many['flash']['external_region'] if in_external else 'internal flash'}")
 
         if args.qemu_rows:
             model = folder / f"rows{args.qemu_rows}_h{args.qemu_hidden}.safetensors"

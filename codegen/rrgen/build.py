@@ -241,7 +241,7 @@ def ram_report(linked: dict) -> dict | None:
         return None
     sizes = {name: linked["sections"].get(name, {"size": 0})["size"] for name in RAM_SECTIONS}
     split = {name: section["size"] for name, section in sorted(linked["sections"].items())
-             if name.startswith(".arena.")}
+             if name.startswith(".arena.") and section["size"]}
     if split:
         sizes = {**{k: v for k, v in sizes.items() if k != ".stack"}, **split,
                  ".stack": sizes[".stack"]}
