@@ -67,9 +67,10 @@ class MemoryRegion:
 class Uart:
     """The UART that carries the protocol."""
 
-    driver: str    # firmware/boards/<board>/uart.c implements this peripheral
+    driver: str    # firmware/drivers/<driver>.c, or the board's own uart.c, implements it
     base: int      # peripheral base address
     baud: int
+    clock_hz: int | None = None   # the UART's input clock, when it is not the core clock
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,8 @@ def parse_board(data: dict, path: Path) -> Board:
         uart_data = _require(data, "uart", dict, where)
         uart = Uart(driver=_require(uart_data, "driver", str, f"{where} [uart]"),
                     base=_require(uart_data, "base", int, f"{where} [uart]"),
-                    baud=_require(uart_data, "baud", int, f"{where} [uart]"))
+                    baud=_require(uart_data, "baud", int, f"{where} [uart]"),
+                    clock_hz=_optional(uart_data, "clock_hz", int, f"{where} [uart]"))
     else:
         present = sorted({"memory", "placement", "uart"} & set(data))
         if present:

@@ -78,7 +78,8 @@ def board_defines(board: Board) -> list[str]:
         defines.append(f"-DRR_IRQ_COUNT={board.irq_count}")
     if board.uart is not None:
         defines += [f"-DRR_UART_BASE=0x{board.uart.base:08X}u",
-                    f"-DRR_UART_BAUD={board.uart.baud}u"]
+                    f"-DRR_UART_BAUD={board.uart.baud}u",
+                    f"-DRR_UART_CLOCK_HZ={board.uart.clock_hz or board.core_clock_hz}u"]
     return defines
 
 
@@ -87,10 +88,19 @@ def firmware_sources(board: Board) -> list[Path]:
     protocol = [FIRMWARE_DIR / "src" / name for name in ("protocol.c", "cobs.c", "crc32.c")]
     if board.is_host:
         return protocol + [FIRMWARE_DIR / "host" / "host_main.c"]
+    # Shared drivers, named by the board file's UART driver and cycle counter; the rest
+    # (clocks, pins, other peripherals) in firmware/boards/<board>/.
+    drivers = [FIRMWARE_DIR / "drivers" / f"{name}.c"
+               for name in (board.uart.driver, board.cycle_counter)]
+    drivers = [path for path in drivers if path.is_file()]
     board_dir = FIRMWARE_DIR / "boards" / board.name
-    if not board_dir.is_dir():
-        raise ToolchainError(f"board {board.name} has no firmware directory {board_dir}")
-    return protocol + [FIRMWARE_DIR / "src" / "main.c"] + sorted(board_dir.glob("*.c"))
+    own = sorted(board_dir.glob("*.c"))
+    if not drivers and not own:
+        raise ToolchainError(f"board {board.name} has no firmware: no firmware/drivers/ file for "
+                             f"uart driver {board.uart.driver!r} or cycle counter "
+                             f"{board.cycle_counter!r}, and no C files in {board_dir}")
+    return protocol + [FIRMWARE_DIR / "src" / name for name in ("main.c", "startup.c")] + \
+        drivers + own
 
 
 def parse_size_output(text: str) -> dict[str, dict[str, int]]:

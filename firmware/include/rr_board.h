@@ -1,6 +1,7 @@
 /*
  * rr_board.h: what the firmware needs from a board: start-up, a byte-wide UART and a
- * cycle counter. Each board implements it in firmware/boards/<board>/ (board.c, uart.c).
+ * cycle counter. Shared parts live in firmware/src/startup.c and firmware/drivers/ (picked
+ * by the board file's [uart] driver and cycle_counter), the rest in firmware/boards/<board>/.
  *
  * Pipeline stage: run. Targets: stm32h7, mps2-an500, corstone300. The host build
  * (firmware/host) does not use this header: it talks over stdin/stdout instead.

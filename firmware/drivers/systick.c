@@ -1,11 +1,13 @@
 /*
- * board.c: start-up and cycle counter of the Corstone-300 (MPS3 AN547) under QEMU.
+ * systick.c: board_init and a cycle counter from SysTick, chosen by
+ * `cycle_counter = "systick"` in the board file.
  *
- * Pipeline stage: run. Target: corstone300. QEMU implements no DWT cycle counter on this
- * machine, so board_cycles() counts SysTick ticks at the core clock (RR_CYCLES_HZ, 32 MHz)
- * and extends the 24-bit down-counter to 32 bits by counting wraps in SysTick_Handler.
- * Under QEMU a tick is emulated time, not a Cortex-M55 cycle: with -icount shift=0 one
- * instruction takes 1 ns, so one tick is 31.25 instructions.
+ * Pipeline stage: run. Targets: mps2-an500, corstone300. QEMU implements no DWT cycle
+ * counter on these machines, so board_cycles() counts SysTick ticks at the core clock
+ * (RR_CYCLES_HZ: 25 MHz on mps2-an500, 32 MHz on corstone300) and extends the 24-bit
+ * down-counter to 32 bits by counting wraps in SysTick_Handler. Under QEMU a tick is
+ * emulated time, not a core cycle: with -icount shift=0 one instruction takes 1 ns, so one
+ * tick is 40 (mps2-an500) or 31.25 (corstone300) instructions.
  */
 #include "rr_board.h"
 
@@ -23,7 +25,7 @@
 
 static volatile uint32_t systick_wraps;
 
-/* Overrides the weak alias in startup.c; one call per 2^24 ticks (0.52 s at 32 MHz). */
+/* Overrides the weak alias in startup.c; one call per 2^24 ticks (0.67 s at 25 MHz). */
 void SysTick_Handler(void)
 {
     systick_wraps++;

@@ -1,9 +1,10 @@
 /*
- * startup.c: vector table and reset handler for the Arm MPS2 AN500 (Cortex-M7) as QEMU's
- * machine "mps2-an500" emulates it.
+ * startup.c: vector table and reset handler of every Cortex-M board (M7 and M55).
  *
- * Pipeline stage: run. Target: mps2-an500. The symbols come from the linker script that
- * codegen/rrgen/boards.py renders (templates/link.ld.j2).
+ * Pipeline stage: run. Targets: stm32h7, mps2-an500, corstone300. The symbols come from
+ * the linker script that codegen/rrgen/boards.py renders (templates/link.ld.j2), which
+ * puts .isr_vector at the start of the board's `vectors` region: where the core reads its
+ * reset vector (flash on stm32h7, address 0 on mps2-an500, the ITCM on corstone300).
  */
 #include "rr_board.h"
 
@@ -15,6 +16,7 @@
 
 #define SCB_VTOR (*(volatile uint32_t *)0xE000ED08u)
 #define SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
+/* CP10 and CP11 give access to the FPU and, on Armv8.1-M, to the MVE (Helium) registers. */
 #define CPACR_CP10_CP11_FULL (0xFu << 20)
 
 extern uint32_t __data_load_start__[], __data_start__[], __data_end__[];
@@ -33,7 +35,17 @@ typedef struct {
     void (*handlers[15 + RR_IRQ_COUNT])(void);
 } vector_table_t;
 
-__attribute__((section(".isr_vector"), used))
+/*
+ * VTOR ignores the address bits below the table size rounded up to a power of two, so the
+ * table is aligned to that power (1024 bytes for the 150 interrupts of the STM32H743).
+ */
+#define VECTOR_TABLE_BYTES (4u * (16u + (RR_IRQ_COUNT)))
+#define VECTOR_TABLE_ALIGN                                                                   \
+    (VECTOR_TABLE_BYTES <= 128u ? 128u : VECTOR_TABLE_BYTES <= 256u ? 256u                   \
+     : VECTOR_TABLE_BYTES <= 512u ? 512u : VECTOR_TABLE_BYTES <= 1024u ? 1024u : 2048u)
+_Static_assert(sizeof(vector_table_t) <= VECTOR_TABLE_ALIGN, "vector table over 2048 bytes");
+
+__attribute__((section(".isr_vector"), used, aligned(VECTOR_TABLE_ALIGN)))
 const vector_table_t vector_table = {
     .initial_stack_pointer = __stack_top__,
     .handlers = {
@@ -45,8 +57,9 @@ const vector_table_t vector_table = {
 };
 
 /*
- * Copy .data, zero .bss, enable the FPU (the hard-float ABI may use it anywhere in main)
- * and call main, which never returns.
+ * Enable the FPU and MVE (the hard-float ABI and auto-vectorized loops may use them
+ * anywhere in main), point VTOR at the table, copy .data, zero .bss and call main, which
+ * never returns.
  */
 void Reset_Handler(void)
 {
