@@ -6,6 +6,7 @@ skipped for a missing tool fails instead, so a green run proves the real toolcha
 """
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -14,6 +15,15 @@ from rrgen import checkpoint
 from rrgen.build import build
 from rrgen.config import TRMConfig
 from rrgen.model import TRM
+
+# Marks of a module whose tests build Arm firmware and run it in QEMU.
+ARM_AND_QEMU = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
+                       reason="arm-none-eabi-gcc missing: install gcc-arm-none-eabi"),
+    pytest.mark.skipif(shutil.which("qemu-system-arm") is None,
+                       reason="qemu-system-arm missing: install qemu-system-arm"),
+]
 
 TINY = TRMConfig(hidden_size=16, expansion=2.0, L_layers=2, H_cycles=1, L_cycles=2,
                  puzzle_emb_len=4, halt_max_steps=3, intermediate_multiple=8)

@@ -11,11 +11,11 @@ equal the reference. tools/bench_fullsize.py runs the full-size model at full de
 Run: python -m pytest tests/test_corstone300_qemu.py   (under a minute)
 """
 
-import shutil
 
 import pytest
 import torch
 
+from conftest import ARM_AND_QEMU
 from fixtures import fake_model_oracle as fake
 from rrgen import checkpoint, sudoku, toolchain
 from rrgen.boards import REPO_ROOT, load_board
@@ -30,13 +30,7 @@ BOARD = "corstone300"
 MACHINE = "mps3-an547"
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "fake_model.c"
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
-                       reason="arm-none-eabi-gcc missing: install gcc-arm-none-eabi"),
-    pytest.mark.skipif(shutil.which("qemu-system-arm") is None,
-                       reason="qemu-system-arm missing: install qemu-system-arm"),
-]
+pytestmark = ARM_AND_QEMU
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,7 @@ def test_qemu_hostile_frames_then_right_answer(tiny_arm_build):
             assert reply.request_id == protocol.UNTRUSTED_ID
             assert Error.unpack_body(reply.body).code == code
 
-        # A replayed frame is answered again, with the same id and the same answer.
+        # A replayed frame gets a second reply, with the same id and the same tokens.
         ref = reference.solve(qm, tokens[None].astype(np.int64))
         steps = int(ref.steps_used[0])
         expected = ref.tokens[steps - 1, 0].astype(np.uint8).tobytes()

@@ -272,18 +272,22 @@ def test_search_reaches_the_bound_where_every_heuristic_misses():
     assert plan_greedy(HEURISTICS_MISS).arena_bytes == 192
     assert plan_heuristic(HEURISTICS_MISS).arena_bytes == 192
     plan = plan_best(HEURISTICS_MISS)
-    assert plan.arena_bytes == 176 and plan.optimal
+    assert plan.arena_bytes == 176
+    assert plan.optimal
     assert plan.method.startswith("search")
     assert oracle_overlaps(plan) == []
 
 
-def test_search_keeps_the_heuristic_plan_at_node_limit_zero():
+def test_search_node_limit_zero():
+    """With no search nodes, plan_best keeps the heuristic plan."""
     plan = plan_best(HEURISTICS_MISS, node_limit=0)
-    assert plan.arena_bytes == 192 and not plan.optimal
+    assert plan.arena_bytes == 192
+    assert not plan.optimal
     plan.verify()
 
 
-def test_best_plans_are_valid_and_between_bound_and_greedy():
+def test_best_plans_within_bound_and_greedy():
+    """Random buffer sets: every best plan is valid, at least the bound, at most greedy."""
     rng = np.random.default_rng(1)
     for trial in range(200):
         buffers = random_buffers(rng)

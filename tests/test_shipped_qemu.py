@@ -16,19 +16,14 @@ import subprocess
 import numpy as np
 import pytest
 
+from conftest import ARM_AND_QEMU
 from rrgen import protocol, reference, sudoku
 from rrgen.build import build
 from rrgen.client import Client, DeviceError
 from rrgen.qemu import run_qemu
 from rrgen.run import run_puzzles
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
-                       reason="arm-none-eabi-gcc missing: install gcc-arm-none-eabi"),
-    pytest.mark.skipif(shutil.which("qemu-system-arm") is None,
-                       reason="qemu-system-arm missing: install qemu-system-arm"),
-]
+pytestmark = ARM_AND_QEMU
 
 STEPS = 2   # supervision steps per puzzle here; each takes a few seconds in QEMU
 

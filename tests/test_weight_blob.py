@@ -175,7 +175,8 @@ def test_stm32h7_blob_symbols_are_aligned(stm32h7_build):
     report = stm32h7_build.report["sections"]
     base = {blob.SECTION: report[".rr_weights"]["address"],
             blob.EXTERNAL_SECTION: report[".rr_external"]["address"] - slices[external[0]][0]}
-    assert base[blob.SECTION] % 16 == 0 and base[blob.EXTERNAL_SECTION] % 16 == 0
+    assert base[blob.SECTION] % 16 == 0
+    assert base[blob.EXTERNAL_SECTION] % 16 == 0
     for name, (offset, size) in slices.items():
         address, symbol_size = symbols[name]
         assert address % 16 == 0, f"{name} at 0x{address:08x}"

@@ -87,6 +87,16 @@ def time_c(batch: Path, tokens: np.ndarray, ids: np.ndarray, qm,
     return seconds, answers, y
 
 
+def time_solves(solve, count: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Time solve(i) for every puzzle after one warm-up call; return seconds, tokens, final y."""
+    solve(0)
+    start = time.perf_counter()
+    results = [solve(i) for i in range(count)]
+    seconds = time.perf_counter() - start
+    answers = np.concatenate([r[0] for r in results]).astype(np.int64)
+    return seconds, answers, np.concatenate([r[1] for r in results]).astype(np.float64)
+
+
 def time_torch(model, tokens: np.ndarray, ids: np.ndarray,
                steps: int) -> tuple[float, np.ndarray, np.ndarray]:
     """Solve one puzzle at a time as TRM.solve does; return seconds, tokens and final y."""
@@ -104,12 +114,7 @@ def time_torch(model, tokens: np.ndarray, ids: np.ndarray,
         return logits.argmax(-1).numpy(), y.reshape(1, -1).numpy()
 
     with torch.inference_mode():
-        solve(0)   # warm-up
-        start = time.perf_counter()
-        results = [solve(i) for i in range(len(tokens))]
-        seconds = time.perf_counter() - start
-    answers = np.concatenate([r[0] for r in results]).astype(np.int64)
-    return seconds, answers, np.concatenate([r[1] for r in results]).astype(np.float64)
+        return time_solves(solve, len(tokens))
 
 
 def time_onnxruntime(model, path: Path, tokens: np.ndarray, ids: np.ndarray,
@@ -135,12 +140,7 @@ def time_onnxruntime(model, path: Path, tokens: np.ndarray, ids: np.ndarray,
             y, z, logits, _ = session.run(None, {"y": y, "z": z, **feed})
         return logits.argmax(-1), y.reshape(1, -1)
 
-    solve(0)   # warm-up
-    start = time.perf_counter()
-    results = [solve(i) for i in range(len(tokens))]
-    seconds = time.perf_counter() - start
-    answers = np.concatenate([r[0] for r in results]).astype(np.int64)
-    return seconds, answers, np.concatenate([r[1] for r in results]).astype(np.float64)
+    return time_solves(solve, len(tokens))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -2,7 +2,7 @@
 
 The tool builds one bare-metal image (firmware/bench/) for the Cortex-M7 (QEMU
 mps2-an500, the "dsp" kernels) and one for the Cortex-M55 (QEMU mps3-an547, the "mve"
-kernels). Each holds the naive C loop (firmware/bench/naive.c), the portable kernels and
+kernels). Each contains the naive C loop (firmware/bench/naive.c), the portable kernels and
 the board's variant, all rendered from templates/kernels.c.j2, and runs once under
 `qemu-system-arm -icount shift=0`. There every guest instruction advances the virtual
 clock by 1 ns, and SysTick counts that clock at the core clock (25 MHz on mps2-an500,

@@ -69,7 +69,7 @@ class BuildResult:
 
 
 def _rss_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB; 0 without /proc."""
+    """Return a memory field of /proc/self/status (VmRSS, VmHWM) in KiB, or 0 without /proc."""
     try:
         with open("/proc/self/status") as file:
             for line in file:

@@ -220,7 +220,7 @@ class Client:
 
     def _await_reply(self, request_id: int, label: str,
                      limit: float) -> tuple[object | str, list[Trace]]:
-        """Read until the reply to request_id; a string return says why to resend."""
+        """Read until the reply to request_id, or return a string naming why to resend."""
         deadline = time.monotonic() + limit
         traces: list[Trace] = []
         while True:

@@ -8,7 +8,7 @@ which must lie in the board's flash region or in the external QSPI window
 it needs, programs the internal flash and resets the core.
 
 pyocd has no flash algorithm for a QSPI chip wired to the NUCLEO by hand, so a build with
-a QSPI part is rejected unless --internal-only says that the QSPI content is programmed
+a QSPI part is rejected unless --internal-only states that the QSPI content is programmed
 another way (docs/hardware-stm32h7.md, "Programming the QSPI flash").
 """
 

@@ -338,7 +338,7 @@ class RegionSpace:
     name: str
     available_bytes: int        # for buffers, after start_bytes
     # Bytes kept free at the start of the array: 16 in a region at address 0, so that no
-    # buffer has the address NULL (C treats it as no object; kernels reject it).
+    # buffer has the address NULL. The kernels reject a NULL pointer.
     start_bytes: int = 0
 
 

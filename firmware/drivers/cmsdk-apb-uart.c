@@ -26,9 +26,9 @@
 #define CTRL_RX_ENABLE (1u << 1)
 
 /*
- * PCLK, from `[uart] clock_hz` (default: the core clock). On the MPS2 AN500 it is the
- * core clock; on the AN547 it is the 25 MHz APB clock, not the 32 MHz core clock (QEMU
- * hw/arm/mps2-tz.c: apb_periph_frq).
+ * PCLK comes from `[uart] clock_hz`, by default the core clock. On the MPS2 AN500 it is
+ * the core clock. On the AN547 it is the 25 MHz APB clock, not the 32 MHz core clock
+ * (QEMU hw/arm/mps2-tz.c: apb_periph_frq).
  */
 #define UART_BAUD_DIVIDER (((RR_UART_CLOCK_HZ) + (RR_UART_BAUD) / 2u) / (RR_UART_BAUD))
 _Static_assert(UART_BAUD_DIVIDER >= 16u, "CMSDK UART needs BAUDDIV >= 16: baud rate too high");

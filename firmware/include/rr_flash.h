@@ -30,7 +30,7 @@
  * board whose external flash is not memory-mapped defines a strong rr_flash_read that
  * turns src into a device offset (src - link address of the region) and reads it.
  * NOTE: weight arrays that rrgen places in the external region are read in place by the
- * kernels, so that region must be memory-mapped whenever it holds weights (report.md
+ * kernels, so that region must be memory-mapped whenever it contains weights (report.md
  * lists the arrays in each region).
  */
 void rr_flash_read(void *dst, const void *src, uint32_t n);

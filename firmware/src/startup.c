@@ -40,9 +40,18 @@ typedef struct {
  * table is aligned to that power (1024 bytes for the 150 interrupts of the STM32H743).
  */
 #define VECTOR_TABLE_BYTES (4u * (16u + (RR_IRQ_COUNT)))
-#define VECTOR_TABLE_ALIGN                                                                   \
-    (VECTOR_TABLE_BYTES <= 128u ? 128u : VECTOR_TABLE_BYTES <= 256u ? 256u                   \
-     : VECTOR_TABLE_BYTES <= 512u ? 512u : VECTOR_TABLE_BYTES <= 1024u ? 1024u : 2048u)
+#if VECTOR_TABLE_BYTES <= 128u
+#define VECTOR_TABLE_ALIGN 128u
+#elif VECTOR_TABLE_BYTES <= 256u
+#define VECTOR_TABLE_ALIGN 256u
+#elif VECTOR_TABLE_BYTES <= 512u
+#define VECTOR_TABLE_ALIGN 512u
+#elif VECTOR_TABLE_BYTES <= 1024u
+#define VECTOR_TABLE_ALIGN 1024u
+#else
+#define VECTOR_TABLE_ALIGN 2048u
+#endif
+
 _Static_assert(sizeof(vector_table_t) <= VECTOR_TABLE_ALIGN, "vector table over 2048 bytes");
 
 __attribute__((section(".isr_vector"), used, aligned(VECTOR_TABLE_ALIGN)))

@@ -6,8 +6,9 @@
  * Pipeline stage: run. Target: stm32h7. Register addresses and bits follow RM0433 (the
  * STM32H742/743/750/753 reference manual); the chosen constants are in h7_config.h.
  * Every wait loop has a time-out, and each failure falls back to a slower state that
- * still works: no PLL means the 64 MHz HSI, no VOS0 means 400 MHz at VOS1, no HSE means
- * the PLL runs from the HSI. board_cycles_hz() reports the core clock reached.
+ * still works. Without the PLL the core runs from the 64 MHz HSI. Without VOS0 it runs at
+ * 400 MHz at VOS1. Without the HSE the PLL runs from the HSI. board_cycles_hz() reports
+ * the core clock reached.
  *
  * Memory attributes: nothing in this firmware uses DMA, so every SRAM region is normal,
  * write-back write-allocate cacheable memory and no cache maintenance is needed after
@@ -214,7 +215,7 @@ static void enable_cycle_counter(void)
 /*
  * Supply and voltage scaling (RM0433 PWR chapter, "Power supply configuration" and
  * "Voltage scaling"). The NUCLEO-H743ZI(2) powers VCORE from the internal LDO. PWR_CR3
- * takes one write after power-on; ACTVOSRDY then says the supply is valid. Returns the
+ * takes one write after power-on; ACTVOSRDY then reports a valid supply. Returns the
  * scale reached: 0 (VOS0), 1 (VOS1) or 3 (left at the reset scale VOS3).
  */
 static uint8_t set_voltage_scale(void)
